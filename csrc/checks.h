@@ -1,0 +1,43 @@
+// Argument checks shared by every backend of every op.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace facenms {
+
+inline void check_inputs(const at::Tensor& x, const at::Tensor& order, const at::Tensor& offsets,
+                         const char* op) {
+  TORCH_CHECK(x.dim() == 2, op, ": expected features of shape (N, d), got ", x.dim(),
+              "-D tensor of shape ", x.sizes());
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op,
+              ": expected floating-point features, got ", x.scalar_type());
+  TORCH_CHECK(x.size(1) == 0 || x.stride(1) == 1, op,
+              ": expected rows of features to be contiguous (stride(1) == 1), got strides ",
+              x.strides());
+  TORCH_CHECK(order.dim() == 1 && order.scalar_type() == at::kLong && order.is_contiguous(), op,
+              ": expected order to be a contiguous 1-D int64 tensor, got ", order.scalar_type(),
+              " of shape ", order.sizes());
+  TORCH_CHECK(offsets.dim() == 1 && offsets.scalar_type() == at::kLong &&
+                  offsets.is_contiguous() && offsets.numel() >= 1,
+              op, ": expected offsets to be a contiguous 1-D int64 tensor of length C + 1, got ",
+              offsets.scalar_type(), " of shape ", offsets.sizes());
+  TORCH_CHECK(order.device() == x.device() && offsets.device() == x.device(), op,
+              ": expected features, order and offsets on one device, got ", x.device(), ", ",
+              order.device(), ", ", offsets.device());
+  if (x.device().is_cpu()) {  // cheap on the host; the CUDA path trusts the Python layer
+    const int64_t* off = offsets.data_ptr<int64_t>();
+    const int64_t c = offsets.numel() - 1;
+    TORCH_CHECK(off[0] == 0 && off[c] == order.numel(), op,
+                ": expected offsets to run from 0 to len(order) = ", order.numel(), ", got ",
+                off[0], " .. ", off[c]);
+    for (int64_t i = 0; i < c; ++i)
+      TORCH_CHECK(off[i] <= off[i + 1], op, ": offsets must not decrease, but offsets[", i,
+                  "] = ", off[i], " > offsets[", i + 1, "] = ", off[i + 1]);
+    const int64_t* o = order.data_ptr<int64_t>();
+    for (int64_t i = 0; i < order.numel(); ++i)
+      TORCH_CHECK(o[i] >= 0 && o[i] < x.size(0), op, ": order[", i, "] = ", o[i],
+                  " is not a row of features with ", x.size(0), " rows");
+  }
+}
+
+}  // namespace facenms

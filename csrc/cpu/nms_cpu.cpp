@@ -1,0 +1,196 @@
+// facenms::nms on the CPU: per identity, rows are normalised into a float32
+// scratch block that stays in cache, then walked greedily; a candidate is
+// compared only with faces kept so far, four at a time, and the walk stops
+// as soon as every threshold lane has suppressed it. No similarity matrix is
+// ever stored. Identities run in parallel, largest first.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <omp.h>
+#include <vector>
+
+#include "../checks.h"
+#include "../nms_common.h"
+
+// Hot loops are compiled for AVX-512, AVX2 and a baseline; the dynamic loader
+// picks the best the CPU has, so one build runs everywhere at full speed.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define FACENMS_CLONES \
+  __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
+#else
+#define FACENMS_CLONES
+#endif
+
+namespace facenms {
+namespace {
+
+// Converts one row to float32 and scales it to unit norm.
+template <typename T>
+inline void load_row(const T* src, float* dst, int64_t d) {
+  double ss = 0;
+#pragma omp simd reduction(+ : ss)
+  for (int64_t k = 0; k < d; ++k) {
+    const float v = static_cast<float>(src[k]);
+    dst[k] = v;
+    ss += static_cast<double>(v) * v;
+  }
+  const float inv = ss > 0 ? static_cast<float>(1.0 / std::sqrt(ss)) : 0.f;
+#pragma omp simd
+  for (int64_t k = 0; k < d; ++k) dst[k] *= inv;
+}
+
+#define FACENMS_LOAD_ROWS(T)                                                                     \
+  FACENMS_CLONES void load_rows(const T* base, int64_t ld, const int64_t* rows, int64_t n,       \
+                                int64_t d, float* dst) {                                         \
+    for (int64_t i = 0; i < n; ++i) load_row(base + rows[i] * ld, dst + i * d, d);               \
+  }
+FACENMS_LOAD_ROWS(float)
+FACENMS_LOAD_ROWS(double)
+FACENMS_LOAD_ROWS(at::Half)
+FACENMS_LOAD_ROWS(at::BFloat16)
+#undef FACENMS_LOAD_ROWS
+
+// Greedy walk of one identity: y holds its n unit rows in rank order.
+// bits[i] gets the lanes in which face i is kept; `kept` is scratch.
+FACENMS_CLONES void walk(const float* y, int64_t n, int64_t d, const double* thr, int lanes,
+                         uint64_t* bits, int64_t* kept) {
+  const uint64_t all = all_lanes(lanes);
+  int64_t nk = 0;  // faces kept in at least one lane: the only possible suppressors
+  for (int64_t i = 0; i < n; ++i) {
+    const float* yi = y + i * d;
+    uint64_t alive = all;
+    int64_t j = 0;
+    for (; j + 4 <= nk && alive; j += 4) {
+      const float* a = y + kept[j] * d;
+      const float* b = y + kept[j + 1] * d;
+      const float* c = y + kept[j + 2] * d;
+      const float* e = y + kept[j + 3] * d;
+      float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+      for (int64_t k = 0; k < d; ++k) {
+        const float v = yi[k];
+        s0 += v * a[k];
+        s1 += v * b[k];
+        s2 += v * c[k];
+        s3 += v * e[k];
+      }
+      alive &= ~(bits[kept[j]] & lanes_below(thr, lanes, s0));
+      alive &= ~(bits[kept[j + 1]] & lanes_below(thr, lanes, s1));
+      alive &= ~(bits[kept[j + 2]] & lanes_below(thr, lanes, s2));
+      alive &= ~(bits[kept[j + 3]] & lanes_below(thr, lanes, s3));
+    }
+    for (; j < nk && alive; ++j) {
+      const float* a = y + kept[j] * d;
+      float s0 = 0.f;
+#pragma omp simd reduction(+ : s0)
+      for (int64_t k = 0; k < d; ++k) s0 += yi[k] * a[k];
+      alive &= ~(bits[kept[j]] & lanes_below(thr, lanes, s0));
+    }
+    bits[i] = alive;
+    if (alive) kept[nk++] = i;
+  }
+}
+
+// Lanes that kept fewer than `need` faces take back their best-ranked
+// suppressed faces; then counts[j] += kept faces in lane j.
+void fill_min_keep(uint64_t* bits, int64_t n, int lanes, int64_t need, int64_t* counts) {
+  int64_t cnt[kMaxLanes] = {0};
+  for (int64_t i = 0; i < n; ++i)
+    for (uint64_t b = bits[i]; b; b &= b - 1) ++cnt[__builtin_ctzll(b)];
+  uint64_t short_lanes = 0;
+  for (int j = 0; j < lanes; ++j)
+    if (cnt[j] < need) short_lanes |= uint64_t(1) << j;
+  for (int64_t i = 0; i < n && short_lanes; ++i) {
+    const uint64_t add = short_lanes & ~bits[i];
+    bits[i] |= add;
+    for (uint64_t b = add; b; b &= b - 1) {
+      const int j = __builtin_ctzll(b);
+      if (++cnt[j] >= need) short_lanes &= ~(uint64_t(1) << j);
+    }
+  }
+  for (int j = 0; j < lanes; ++j) counts[j] += cnt[j];
+}
+
+template <typename scalar_t>
+void nms_kernel_impl(const at::Tensor& x, const int64_t* order, const int64_t* offsets,
+                     int64_t n_ident, const double* thr, bool per_identity, int lanes,
+                     int64_t min_per_identity, uint64_t* bits, int64_t* counts) {
+  const int64_t d = x.size(1), ld = x.stride(0);
+  const scalar_t* base = x.data_ptr<scalar_t>();
+
+  std::vector<int64_t> sched(n_ident);  // largest identities first balances the threads
+  std::iota(sched.begin(), sched.end(), 0);
+  std::stable_sort(sched.begin(), sched.end(), [&](int64_t u, int64_t v) {
+    return identity_cost(offsets[u + 1] - offsets[u]) > identity_cost(offsets[v + 1] - offsets[v]);
+  });
+
+  const int threads = std::max(1, std::min<int>(at::get_num_threads(), (int)n_ident));
+  std::vector<std::vector<int64_t>> partial(threads, std::vector<int64_t>(per_identity ? 0 : lanes));
+#pragma omp parallel num_threads(threads)
+  {
+    const int tid = omp_get_thread_num();
+    std::vector<float> y;
+    std::vector<int64_t> kept;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t s = 0; s < n_ident; ++s) {
+      const int64_t c = sched[s], a = offsets[c], n = offsets[c + 1] - a;
+      if (n == 0) continue;
+      if ((int64_t)y.size() < n * d) y.resize(n * d);
+      if ((int64_t)kept.size() < n) kept.resize(n);
+      load_rows(base, ld, order + a, n, d, y.data());
+      const double* t = per_identity ? thr + c * lanes : thr;
+      walk(y.data(), n, d, t, lanes, bits + a, kept.data());
+      fill_min_keep(bits + a, n, lanes, min_keep(min_per_identity, n),
+                    per_identity ? counts + c * lanes : partial[tid].data());
+    }
+  }
+  if (!per_identity)
+    for (const auto& p : partial)
+      for (int j = 0; j < lanes; ++j) counts[j] += p[j];
+}
+
+std::tuple<at::Tensor, at::Tensor> nms_cpu(const at::Tensor& x, const at::Tensor& order,
+                                           const at::Tensor& offsets,
+                                           const at::Tensor& thresholds, int64_t min_per_identity) {
+  check_inputs(x, order, offsets, "nms");
+  const int64_t n_ident = offsets.numel() - 1;
+  TORCH_CHECK(thresholds.scalar_type() == at::kDouble && thresholds.is_contiguous() &&
+                  thresholds.device() == x.device(),
+              "nms: expected thresholds as a contiguous float64 tensor on ", x.device(), ", got ",
+              thresholds.scalar_type(), " on ", thresholds.device());
+  const bool per_identity = thresholds.dim() == 2;
+  TORCH_CHECK(thresholds.dim() == 1 || (per_identity && thresholds.size(0) == n_ident),
+              "nms: expected thresholds of shape (T,) or (C, T) with C = ", n_ident,
+              " identities, got ", thresholds.sizes());
+  const int lanes = (int)thresholds.size(-1);
+  TORCH_CHECK(lanes >= 1 && lanes <= kMaxLanes, "nms: expected 1 to ", kMaxLanes,
+              " thresholds per pass, got ", lanes);
+  TORCH_CHECK(min_per_identity >= 0, "nms: min_keep must be >= 0, got ", min_per_identity);
+  const double* thr = thresholds.data_ptr<double>();
+  for (int64_t r = 0; r < thresholds.numel() / lanes; ++r)
+    for (int j = 1; j < lanes; ++j)
+      TORCH_CHECK(thr[r * lanes + j - 1] <= thr[r * lanes + j],
+                  "nms: thresholds must be ascending in every row");
+
+  auto bits = at::zeros({order.numel()}, order.options());
+  auto counts = at::zeros(thresholds.sizes(), order.options());
+  if (n_ident == 0 || order.numel() == 0) return {bits, counts};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "nms_cpu", [&] {
+    nms_kernel_impl<scalar_t>(x, order.data_ptr<int64_t>(), offsets.data_ptr<int64_t>(), n_ident,
+                              thr, per_identity, lanes, min_per_identity,
+                              reinterpret_cast<uint64_t*>(bits.data_ptr<int64_t>()),
+                              counts.data_ptr<int64_t>());
+  });
+  return {bits, counts};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(facenms, CPU, m) { m.impl("nms", &nms_cpu); }
+
+}  // namespace facenms

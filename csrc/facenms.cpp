@@ -1,0 +1,59 @@
+// Op schemas of the facenms library. Kernels register per backend in
+// cpu/*.cpp and cuda/*.cu.
+#include <Python.h>
+#include <torch/library.h>
+#include <torch/version.h>
+
+#include <string>
+
+#ifndef FACENMS_BUILD_FLAGS
+#define FACENMS_BUILD_FLAGS ""
+#endif
+#ifndef FACENMS_CUDA_ARCHS
+#define FACENMS_CUDA_ARCHS ""
+#endif
+
+// The module only carries the ops; `import facenms._C` registers them.
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&def);
+}
+
+namespace facenms {
+
+std::string build_info() {
+  std::string s = "torch=" TORCH_VERSION;
+#ifdef WITH_CUDA
+  s += ";cuda=1;cuda_archs=" FACENMS_CUDA_ARCHS;
+#else
+  s += ";cuda=0";
+#endif
+#if defined(__clang__)
+  s += ";compiler=clang " __clang_version__;
+#elif defined(__GNUC__)
+  s += ";compiler=gcc " __VERSION__;
+#endif
+#ifdef _OPENMP
+  s += ";openmp=" + std::to_string(_OPENMP);
+#endif
+  s += ";flags=" FACENMS_BUILD_FLAGS;
+  return s;
+}
+
+TORCH_LIBRARY(facenms, m) {
+  // Per-row float64 norms and sparsity scores s = 1 - cos(x, centre of the
+  // identity), rounded to a multiple of 2**-20, for rows `order` grouped by
+  // the CSR `offsets`. Both outputs follow `order`.
+  m.def("prepare(Tensor x, Tensor order, Tensor offsets) -> (Tensor, Tensor)");
+  // Greedy NMS of rows `order` (grouped by `offsets`, rank order within an
+  // identity) at every threshold of the ascending `thresholds` (T <= 64, or
+  // C x T: one row per identity). Returns bits[i] (bit j: kept at threshold
+  // j, following `order`) and the kept counts, shaped like `thresholds`
+  // (per lane, or per identity and lane). An identity keeps at least
+  // min(min_keep, n) faces in every lane: its best-ranked suppressed ones.
+  m.def("nms(Tensor x, Tensor order, Tensor offsets, Tensor thresholds, int min_keep)"
+        " -> (Tensor, Tensor)");
+  m.def("build_info", &build_info);
+}
+
+}  // namespace facenms
