@@ -44,11 +44,16 @@ class AtomicFiles:
 
     def __init__(self):
         self._pending = []  # [final, temp, file object or None]
+        self._made = []  # directories created here, deepest first: removed on abort
 
     def path(self, final):
         """A temporary path to write `final` through (for writers that want a name)."""
         final = os.fspath(final)
         parent = os.path.dirname(os.path.abspath(final))
+        p = parent
+        while not os.path.exists(p):
+            self._made.append(p)
+            p = os.path.dirname(p)
         os.makedirs(parent, exist_ok=True)
         tmp = temp_name(final)
         self._pending.append([final, tmp, None])
@@ -80,6 +85,7 @@ class AtomicFiles:
         for d in dirs:
             _fsync_dir(d)
         self._pending = []
+        self._made = []
 
     def abort(self):
         for _, tmp, f in self._pending:
@@ -93,6 +99,12 @@ class AtomicFiles:
             elif os.path.lexists(tmp):
                 os.remove(tmp)
         self._pending = []
+        for d in self._made:
+            try:
+                os.rmdir(d)
+            except OSError:  # not empty: someone else wrote there too
+                pass
+        self._made = []
 
     def __enter__(self):
         return self
@@ -119,6 +131,11 @@ class AtomicDir:
                 raise FileExistsError(
                     "%s already exists and is not an empty directory; "
                     "pass overwrite=True to replace it" % self.final)
+        self._made = []
+        p = os.path.dirname(self.final)
+        while not os.path.exists(p):
+            self._made.append(p)
+            p = os.path.dirname(p)
         os.makedirs(os.path.dirname(self.final), exist_ok=True)
         self.tmp = temp_name(self.final)
         os.makedirs(self.tmp)
@@ -141,6 +158,11 @@ class AtomicDir:
 
     def abort(self):
         shutil.rmtree(self.tmp, ignore_errors=True)
+        for d in self._made:
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
 
     def __enter__(self):
         return self
