@@ -177,11 +177,15 @@ class RecordIO:
         state["_pid"] = None
         return state
 
-    def _file(self):
+    def _fd(self):
         if self._fh is None or self._pid != os.getpid():
             self._fh = open(self.rec_path, "rb")
             self._pid = os.getpid()
-        return self._fh
+        return self._fh.fileno()
+
+    def _pread(self, n, pos):
+        # positioned reads: no shared file offset, so threads can share the handle
+        return os.pread(self._fd(), n, pos)
 
     def close(self):
         if self._fh is not None and self._pid == os.getpid():
@@ -195,8 +199,9 @@ class RecordIO:
             raise KeyError("record key %r is not in %s" % (key, self.idx_path))
         return int(self.offsets[j if self._sorted else self._order[j]])
 
-    def _frame(self, f, key, pos):
-        head = f.read(_FRAME.size)
+    def _frame(self, key, pos):
+        """(cflag, data, position of the next frame) of the frame at `pos`."""
+        head = self._pread(_FRAME.size, pos)
         if len(head) < _FRAME.size:
             raise ValueError("%s: truncated record key %d: frame header at byte %d cut short "
                              "(file is %d bytes)" % (self.rec_path, key, pos, self.size))
@@ -206,18 +211,16 @@ class RecordIO:
                              "- not a RecordIO file, or the .idx does not match it"
                              % (self.rec_path, magic, pos, key, MAGIC))
         length, cflag = lrec & _LEN_MASK, lrec >> 29
-        data = f.read(_pad(length))
+        data = self._pread(_pad(length), pos + _FRAME.size)
         if len(data) < _pad(length):
             raise ValueError("%s: truncated record key %d: frame at byte %d needs %d bytes, "
                              "only %d left" % (self.rec_path, key, pos, _pad(length), len(data)))
-        return cflag, data[:length]
+        return cflag, data[:length], pos + _FRAME.size + _pad(length)
 
     def read(self, key):
         """The record stored under `key` (split frames joined), as bytes."""
         pos = self.offset(key)
-        f = self._file()
-        f.seek(pos)
-        cflag, data = self._frame(f, key, pos)
+        cflag, data, nxt = self._frame(key, pos)
         if cflag == 0:
             return data
         if cflag != 1:
@@ -225,8 +228,8 @@ class RecordIO:
                              "(cflag %d)" % (self.rec_path, key, pos, cflag))
         parts = [data]
         while cflag != 3:
-            p = f.tell()
-            cflag, data = self._frame(f, key, p)
+            p = nxt
+            cflag, data, nxt = self._frame(key, p)
             if cflag not in (2, 3):
                 raise ValueError("%s: record key %d: split record broken at byte %d "
                                  "(cflag %d inside a split record)" % (self.rec_path, key, p, cflag))
@@ -236,14 +239,13 @@ class RecordIO:
     def read_header(self, key):
         """The IRHeader of a packed record, reading only its first bytes when it is not split."""
         pos = self.offset(key)
-        f = self._file()
-        f.seek(pos)
-        head = f.read(_FRAME.size + IR_SIZE)
+        head = self._pread(_FRAME.size + IR_SIZE, pos)
         if len(head) == _FRAME.size + IR_SIZE:
             magic, lrec = _FRAME.unpack_from(head)
             flag = _IR.unpack_from(head, _FRAME.size)[0]
             if magic == MAGIC and lrec >> 29 == 0 and (lrec & _LEN_MASK) >= IR_SIZE + 4 * flag:
-                return self._unpack_key(head[_FRAME.size:] + f.read(4 * flag), key)[0]
+                tail = self._pread(4 * flag, pos + len(head)) if flag else b""
+                return self._unpack_key(head[_FRAME.size:] + tail, key)[0]
         return self._unpack_key(self.read(key), key)[0]
 
     def _unpack_key(self, record, key):
