@@ -182,3 +182,14 @@ def test_mxnet_reads_what_we_write(tmp_path):
                         os.path.join(HERE, "fixtures", "check_with_mxnet.py"), str(tmp_path)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_progress_hook(tmp_path, folder):
+    seen = []
+
+    def progress(it):
+        for i in it:
+            seen.append(int(i))
+            yield i
+    export.write_recordio(tmp_path / "r", folder, [3, 1], progress=progress)
+    assert seen == [1, 3]

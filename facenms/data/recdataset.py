@@ -83,15 +83,8 @@ class RecordDataset(FaceDataset):
 
     # -- layout detection and labels -------------------------------------------------
 
-    def _has(self, keys):
-        sk = self.rec.keys if self.rec._sorted else self.rec.keys[self.rec._order]
-        j = np.searchsorted(sk, keys)
-        j = np.minimum(j, len(sk) - 1) if len(sk) else j
-        ok = (sk[j] == keys) if len(sk) else np.zeros(len(keys), bool)
-        return ok
-
     def _scan(self):
-        if len(self.rec) == 0 or not self._has(np.array([0]))[0]:
+        if len(self.rec) == 0 or not self.rec.contains(np.array([0]))[0]:
             return self._scan_im2rec()
         header, payload = unpack(self.rec.read(0))
         if not (header.flag >= 1 and len(payload) == 0):
@@ -101,7 +94,7 @@ class RecordDataset(FaceDataset):
             raise ValueError("%s: header record 0 says the images are keys 1..%d"
                              % (self.rec_path, a - 1))
         keys = np.arange(1, a, dtype=np.int64)
-        missing = np.flatnonzero(~self._has(keys))
+        missing = np.flatnonzero(~self.rec.contains(keys))
         if missing.size:
             raise ValueError("%s: header record 0 promises image keys 1..%d but key %d is not "
                              "in %s" % (self.rec_path, a - 1, keys[missing[0]], self.rec.idx_path))
@@ -109,7 +102,7 @@ class RecordDataset(FaceDataset):
         # converters store the class count there and write no identity records at all
         labels = None
         b = int(header.label[1]) if header.flag >= 2 and np.isfinite(header.label[1]) else 0
-        if b > a and self._has(np.arange(a, b, dtype=np.int64)).all():
+        if b > a and self.rec.contains(np.arange(a, b, dtype=np.int64)).all():
             labels = self._labels_from_identities(a, b)
         if labels is None:
             labels = self._labels_from_headers(keys)  # what MXFaceDataset trains on anyway
@@ -127,10 +120,10 @@ class RecordDataset(FaceDataset):
             h = self.rec.read_header(key)
             if h.flag < 2:
                 return None
-            where = "%s identity record key %d" % (self.rec_path, key)
-            s, e = _as_int(float(h.label[0]), where), _as_int(float(h.label[1]), where)
-            if s != prev or e < s or e > a:
+            s, e = float(h.label[0]), float(h.label[1])
+            if s != prev or not s <= e <= a or e != int(e):
                 return None
+            s, e = int(s), int(e)
             if e > s and {_label0(self.rec.read_header(k)) for k in {s, e - 1}} != {c}:
                 return None
             labels[s - 1:e - 1] = c

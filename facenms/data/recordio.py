@@ -162,9 +162,16 @@ class RecordIO:
             raise ValueError("%s: record key %d has offset %d past the end of %s (%d bytes)"
                              % (self.idx_path, self.keys[i], self.offsets[i],
                                 self.rec_path, self.size))
-        # key -> row without a dict (42M keys would cost gigabytes): binary search
-        self._sorted = bool(np.all(self.keys[1:] > self.keys[:-1]))
-        self._order = None if self._sorted else np.argsort(self.keys, kind="stable")
+        # key -> offset without a dict (42M keys would cost gigabytes): binary search
+        if np.all(self.keys[1:] > self.keys[:-1]):
+            self._skeys, self._soffsets = self.keys, self.offsets
+        else:
+            order = np.argsort(self.keys, kind="stable")
+            self._skeys, self._soffsets = self.keys[order], self.offsets[order]
+            dup = np.flatnonzero(self._skeys[1:] == self._skeys[:-1])
+            if dup.size:
+                raise ValueError("%s: key %d appears more than once"
+                                 % (self.idx_path, self._skeys[dup[0]]))
         self._fh = None
         self._pid = None
 
@@ -193,11 +200,19 @@ class RecordIO:
         self._fh = None
 
     def offset(self, key):
-        sk = self.keys if self._sorted else self.keys[self._order]
-        j = int(np.searchsorted(sk, key))
-        if j >= len(sk) or sk[j] != key:
+        """Byte position of the record `key` in the .rec file."""
+        j = int(np.searchsorted(self._skeys, key))
+        if j >= len(self._skeys) or self._skeys[j] != key:
             raise KeyError("record key %r is not in %s" % (key, self.idx_path))
-        return int(self.offsets[j if self._sorted else self._order[j]])
+        return int(self._soffsets[j])
+
+    def contains(self, keys):
+        """Boolean array: which of `keys` the index has."""
+        keys = np.asarray(keys, dtype=np.int64)
+        if len(self._skeys) == 0:
+            return np.zeros(keys.shape, dtype=bool)
+        j = np.minimum(np.searchsorted(self._skeys, keys), len(self._skeys) - 1)
+        return self._skeys[j] == keys
 
     def _frame(self, key, pos):
         """(cflag, data, position of the next frame) of the frame at `pos`."""
