@@ -1,0 +1,283 @@
+"""A report on a selection: PNG plots and a markdown summary.
+
+    facenms.report.write_report("report/", features, labels, keep, threshold=0.63)
+    facenms report --features F.npy --labels L.npy --keep keep.npy --out report/
+
+Writes, into ``out_dir``:
+
+- ``kept_per_identity.png``: histogram of faces and kept faces per identity;
+- ``similarity.png``: within-identity cosine similarities, all pairs against
+  pairs of kept faces, with the threshold marked (pairs are sampled for large
+  sets, so this costs O(sample), not O(sum n_c^2));
+- ``ratio_vs_threshold.png``: kept ratio against threshold, from one pass of
+  ``facenms.curve`` (64 thresholds);
+- ``roc.png`` when ``eval_results`` are given: TAR against FAR per model;
+- ``report.md``: the numbers behind the plots.
+
+Every file is written under a temporary name and renamed when complete.
+"""
+import os
+
+import numpy as np
+
+from ._atomic import AtomicFiles
+
+__all__ = ["write_report", "add_cli"]
+
+SAMPLE_PAIRS = 200_000
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")  # files only, never a display
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _unit_rows(x, rows):
+    y = np.asarray(x[rows], dtype=np.float32)
+    n = np.linalg.norm(y, axis=1, keepdims=True)
+    return y / np.where(n > 0, n, 1)
+
+
+def _sample_pairs(labels, mask, n_pairs, rng):
+    """Up to n_pairs random (i, j), i != j, same identity, both in mask; uniform over faces i.
+
+    Exact enumeration when the identity pairs are fewer than n_pairs.
+    """
+    idx = np.flatnonzero(mask)
+    if len(idx) < 2:
+        return np.zeros((0, 2), np.int64)
+    lab = labels[idx]
+    order = np.argsort(lab, kind="stable")
+    idx, lab = idx[order], lab[order]
+    uniq, start, size = np.unique(lab, return_index=True, return_counts=True)
+    total = int((size * (size - 1) // 2).sum())
+    if total == 0:
+        return np.zeros((0, 2), np.int64)
+    if total <= n_pairs:
+        out = []
+        for s, n in zip(start, size):
+            if n > 1:
+                a, b = np.triu_indices(n, 1)
+                out.append(np.stack([idx[s + a], idx[s + b]], 1))
+        return np.concatenate(out)
+    # pick a face i among faces with a partner, then a different face of its identity
+    has = size[np.searchsorted(uniq, lab)] > 1
+    i = rng.choice(np.flatnonzero(has), n_pairs)
+    c = np.searchsorted(uniq, lab[i])
+    off = rng.integers(1, size[c])  # 1..n_c-1 steps ahead, wrapping
+    j = start[c] + (i - start[c] + off) % size[c]
+    return np.stack([idx[i], idx[j]], 1)
+
+
+def _pair_sims(features, pairs, chunk=65536):
+    out = np.empty(len(pairs), np.float32)
+    for a in range(0, len(pairs), chunk):
+        p = pairs[a:a + chunk]
+        out[a:a + chunk] = np.einsum("ij,ij->i", _unit_rows(features, p[:, 0]),
+                                     _unit_rows(features, p[:, 1]))
+    return out
+
+
+def _save(out, fig, path):
+    with out.open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+
+
+def _field(r, name):
+    return r[name] if isinstance(r, dict) else getattr(r, name)
+
+
+def write_report(out_dir, features, labels, keep, *, threshold=None, eval_results=None,
+                 sample_pairs=SAMPLE_PAIRS, seed=0):
+    """Write the plots and report.md for a selection; returns {name: path}.
+
+    features: (N, d) array (numpy, memmap or torch CPU); labels: (N,) ints;
+    keep: indices of the kept faces (e.g. facenms.select's output);
+    threshold: the similarity threshold used, drawn on the similarity plot;
+    eval_results: optional {model name: result} where a result has ``fpr`` and
+    ``tpr`` (and optionally ``tar``, {far: TAR}): a facenms.verification
+    VerificationResult or a dict with those keys.
+    """
+    import facenms
+
+    if hasattr(features, "detach"):
+        features = features.detach().cpu().numpy()
+    labels = np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels).reshape(-1)
+    keep = np.asarray(keep.cpu() if hasattr(keep, "cpu") else keep).reshape(-1)
+    n = len(labels)
+    if features.ndim != 2 or features.shape[0] != n:
+        raise ValueError("features must be (N, d) with N = len(labels) = %d, got shape %s"
+                         % (n, tuple(features.shape)))
+    if keep.dtype.kind not in "iu":
+        raise TypeError("keep must hold integer indices, got %s" % keep.dtype)
+    if len(keep) and (keep.min() < 0 or keep.max() >= n):
+        raise ValueError("keep has indices outside [0, %d)" % n)
+    if len(np.unique(keep)) != len(keep):
+        raise ValueError("keep has repeated indices")
+    if threshold is not None and not -1 <= float(threshold) <= 1:
+        raise ValueError("threshold must be in [-1, 1], got %r" % (threshold,))
+    plt = _plt()
+    rng = np.random.default_rng(seed)
+    kept = np.zeros(n, bool)
+    kept[keep] = True
+    uniq, inv = np.unique(labels, return_inverse=True)
+    faces_per = np.bincount(inv, minlength=len(uniq))
+    kept_per = np.bincount(inv[keep], minlength=len(uniq))
+    paths = {}
+    lines = ["# facenms selection report", ""]
+    lines += ["| | |", "|---|---|",
+              "| faces | %d |" % n, "| identities | %d |" % len(uniq),
+              "| kept | %d (%.2f%%) |" % (len(keep), 100 * len(keep) / max(1, n)),
+              "| threshold | %s |" % ("%.4f" % threshold if threshold is not None else "not given"),
+              "| identities with no face kept | %d |" % int((kept_per == 0).sum()),
+              "| identities with one face kept | %d |" % int((kept_per == 1).sum()),
+              "| kept per identity: min / median / max | %d / %g / %d |" % (
+                  kept_per.min(), np.median(kept_per), kept_per.max()) if len(uniq) else "| | |",
+              "| faces per identity: min / median / max | %d / %g / %d |" % (
+                  faces_per.min(), np.median(faces_per), faces_per.max()) if len(uniq) else "| | |",
+              ""]
+
+    os.makedirs(out_dir, exist_ok=True)
+    with AtomicFiles() as out:
+        # kept per identity
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        top = max(1, int(faces_per.max()) if len(uniq) else 1)
+        bins = np.unique(np.geomspace(1, top + 1, 40).astype(int)) if top > 40 else \
+            np.arange(0, top + 2) - 0.5
+        ax.hist(faces_per, bins=bins, alpha=0.5, label="faces per identity")
+        ax.hist(kept_per, bins=bins, alpha=0.7, label="kept per identity")
+        if top > 40:
+            ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("faces")
+        ax.set_ylabel("identities")
+        ax.legend()
+        ax.set_title("kept %d of %d faces (%.1f%%)" % (len(keep), n, 100 * len(keep) / max(1, n)))
+        fig.tight_layout()
+        paths["kept_per_identity"] = os.path.join(out_dir, "kept_per_identity.png")
+        _save(out, fig, paths["kept_per_identity"])
+        plt.close(fig)
+
+        # within-identity similarities, all faces vs kept faces
+        all_pairs = _sample_pairs(labels, np.ones(n, bool), sample_pairs, rng)
+        kept_pairs = _sample_pairs(labels, kept, sample_pairs, rng)
+        s_all, s_kept = _pair_sims(features, all_pairs), _pair_sims(features, kept_pairs)
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        hb = np.linspace(min(-0.2, float(s_all.min()) if len(s_all) else 0), 1.0, 80)
+        if len(s_all):
+            ax.hist(s_all, bins=hb, density=True, alpha=0.5, label="all faces (%d pairs)"
+                    % len(s_all))
+        if len(s_kept):
+            ax.hist(s_kept, bins=hb, density=True, alpha=0.6, label="kept faces (%d pairs)"
+                    % len(s_kept))
+        if threshold is not None:
+            ax.axvline(threshold, color="r", ls="--", label="threshold %.3f" % threshold)
+        ax.set_xlabel("cosine similarity within an identity")
+        ax.set_ylabel("density")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        paths["similarity"] = os.path.join(out_dir, "similarity.png")
+        _save(out, fig, paths["similarity"])
+        plt.close(fig)
+        lines += ["## Within-identity similarity (sampled pairs)", "",
+                  "| pairs | count | mean | 99th pct | above threshold |", "|---|---|---|---|---|"]
+        for name, s in (("all faces", s_all), ("kept faces", s_kept)):
+            if len(s):
+                above = "%.2f%%" % (100 * np.mean(s > threshold)) if threshold is not None else "-"
+                lines.append("| %s | %d | %.4f | %.4f | %s |" % (
+                    name, len(s), s.mean(), np.percentile(s, 99), above))
+        lines.append("")
+
+        # kept ratio vs threshold, one pass
+        if n:
+            lo = min(0.0, float(np.percentile(s_all, 1))) if len(s_all) else 0.0
+            ts, ratios = facenms.curve(features, labels, thresholds=np.linspace(lo, 1.0, 64))
+            fig, ax = plt.subplots(figsize=(6.5, 4))
+            ax.plot(ts, 100 * ratios, marker=".")
+            ax.axhline(100 * len(keep) / n, color="g", ls=":", label="this selection %.1f%%"
+                       % (100 * len(keep) / n))
+            if threshold is not None:
+                ax.axvline(threshold, color="r", ls="--", label="threshold %.3f" % threshold)
+            ax.set_xlabel("threshold")
+            ax.set_ylabel("kept faces (%)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+            fig.tight_layout()
+            paths["ratio_vs_threshold"] = os.path.join(out_dir, "ratio_vs_threshold.png")
+            _save(out, fig, paths["ratio_vs_threshold"])
+            plt.close(fig)
+            lines += ["## Kept ratio against threshold (one pass, Face-NMS rule)", "",
+                      "| threshold | kept % |", "|---|---|"]
+            for j in range(0, len(ts), 8):
+                lines.append("| %.3f | %.2f |" % (ts[j], 100 * ratios[j]))
+            lines.append("")
+
+        # ROC
+        if eval_results:
+            fig, ax = plt.subplots(figsize=(6.5, 4))
+            lines += ["## Verification", "", "| model | TAR@FAR=1e-3 | TAR@FAR=1e-4 |",
+                      "|---|---|---|"]
+            for name, r in eval_results.items():
+                fpr, tpr = np.asarray(_field(r, "fpr")), np.asarray(_field(r, "tpr"))
+                ok = fpr > 0
+                ax.plot(fpr[ok], tpr[ok], label=name)
+                try:
+                    tar = _field(r, "tar")
+                except (KeyError, AttributeError):
+                    tar = None
+                if tar:
+                    get = lambda f: tar.get(f, tar.get(str(f), float("nan")))  # noqa: E731
+                    lines.append("| %s | %.4f | %.4f |" % (name, get(1e-3), get(1e-4)))
+            ax.set_xscale("log")
+            ax.set_xlabel("false accept rate")
+            ax.set_ylabel("true accept rate")
+            ax.grid(alpha=0.3, which="both")
+            ax.legend(fontsize=8)
+            fig.tight_layout()
+            paths["roc"] = os.path.join(out_dir, "roc.png")
+            _save(out, fig, paths["roc"])
+            plt.close(fig)
+            lines.append("")
+
+        lines += ["## Plots", ""] + ["![%s](%s)" % (k, os.path.basename(v))
+                                      for k, v in paths.items()] + [""]
+        paths["report"] = os.path.join(out_dir, "report.md")
+        with out.open(paths["report"], "w") as f:
+            f.write("\n".join(lines))
+    return paths
+
+
+# ----------------------------------------------------------------- CLI ----
+
+def _cmd_report(args):
+    def load(path, what, mmap=True):
+        if not os.path.exists(path):
+            raise SystemExit("facenms report: %s file not found: %s" % (what, path))
+        try:
+            return np.load(path, mmap_mode="r" if mmap else None)
+        except ValueError as e:
+            raise SystemExit("facenms report: cannot read %s file %s: %s" % (what, path, e))
+    feats = load(args.features, "features")
+    labels = load(args.labels, "labels", mmap=False)
+    keep = load(args.keep, "keep", mmap=False)
+    try:
+        paths = write_report(args.out, feats, labels, keep, threshold=args.threshold)
+    except (ValueError, TypeError) as e:
+        raise SystemExit("facenms report: %s" % e)
+    print("facenms report: wrote %s" % ", ".join(sorted(os.path.basename(p)
+                                                        for p in paths.values())))
+    print("  in %s" % args.out)
+
+
+def add_cli(subparsers):
+    """Register `facenms report` on an argparse subparsers object."""
+    r = subparsers.add_parser("report", help="plots and a summary of a selection")
+    r.add_argument("--features", required=True, help=".npy of (N, d) float features")
+    r.add_argument("--labels", required=True, help=".npy of (N,) integer labels")
+    r.add_argument("--keep", required=True, help=".npy of the kept indices")
+    r.add_argument("--out", required=True, help="directory to write the report into")
+    r.add_argument("--threshold", type=float, help="the threshold used, to mark on the plots")
+    r.set_defaults(func=_cmd_report)
+    return r
