@@ -263,7 +263,8 @@ def _cmd_report(args):
     labels = load(args.labels, "labels", mmap=False)
     keep = load(args.keep, "keep", mmap=False)
     try:
-        paths = write_report(args.out, feats, labels, keep, threshold=args.threshold)
+        paths = write_report(args.out, feats, labels, keep, threshold=args.threshold,
+                             sample_pairs=args.sample_pairs)
     except (ValueError, TypeError) as e:
         raise SystemExit("facenms report: %s" % e)
     print("facenms report: wrote %s" % ", ".join(sorted(os.path.basename(p)
@@ -279,5 +280,7 @@ def add_cli(subparsers):
     r.add_argument("--keep", required=True, help=".npy of the kept indices")
     r.add_argument("--out", required=True, help="directory to write the report into")
     r.add_argument("--threshold", type=float, help="the threshold used, to mark on the plots")
+    r.add_argument("--sample-pairs", type=int, default=SAMPLE_PAIRS,
+                   help="within-identity pairs sampled for the similarity plot")
     r.set_defaults(func=_cmd_report)
     return r

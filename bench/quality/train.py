@@ -132,7 +132,10 @@ class _Indexed(torch.utils.data.Dataset):
 def train(source, labels, idx, num_classes, *, epochs, seed, emb_dim=64, batch_size=256,
           lr=0.1, weight_decay=5e-4, head="cosface", scale=32.0, margin=0.3, warmup=1.0,
           log=None):
-    """Train a fresh model on faces `idx`; returns (model in eval mode, seconds).
+    """Train a fresh model on faces `idx`; returns (model in eval mode, stats).
+
+    stats: wall_s, cpu_s (process CPU time: steadier than wall time on a shared
+    machine) and steps.
 
     Same seed -> same initial weights, so models trained on different core sets
     differ only by their data.
@@ -153,7 +156,8 @@ def train(source, labels, idx, num_classes, *, epochs, seed, emb_dim=64, batch_s
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (
         1 + math.cos(math.pi * min(1.0, s / total))))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
+    steps = 0
     model.train()
     for ep in range(epochs):
         loss_sum, seen = 0.0, 0
@@ -166,12 +170,14 @@ def train(source, labels, idx, num_classes, *, epochs, seed, emb_dim=64, batch_s
             loss.backward()
             opt.step()
             sched.step()
+            steps += 1
             loss_sum += float(loss.detach()) * len(i)
             seen += len(i)
         if log is not None:
             log("    epoch %d/%d loss %.3f" % (ep + 1, epochs, loss_sum / max(1, seen)))
     model.eval()
-    return model, time.perf_counter() - t0
+    return model, {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
+                   "steps": steps}
 
 
 @torch.no_grad()
