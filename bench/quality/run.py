@@ -175,7 +175,7 @@ def summarise(rows):
 
 
 def _pm(s, fmt="%.2f"):
-    return (fmt + " ± " + fmt) % s
+    return (fmt + " ± %.2f") % s
 
 
 def markdown(table, header):
@@ -238,10 +238,10 @@ def plot(table, path_png, title):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="small world, one seed, one ratio")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--ratios", type=float, nargs="+", default=[0.4, 0.6, 0.8])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--emb-dim", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=0.1)
@@ -256,11 +256,16 @@ def main(argv=None):
     p.add_argument("--image-size", type=int, nargs=2, default=[112, 112])
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", default=os.path.join(HERE, "results"))
+    p.add_argument("--render", nargs="+", metavar="JSON",
+                   help="only redraw results.md/.png from the results.json of earlier runs "
+                        "(several: their rows are pooled, e.g. runs over different seeds)")
     p.add_argument("--report", action="store_true",
                    help="also write a facenms report of the Face-NMS 0.6 set (first seed)")
     args = p.parse_args(argv)
     if (args.data is None) != (args.pairs is None):
         p.error("--data and --pairs go together")
+    if args.render:
+        return render(args.render, args.out)
     if args.quick:
         args.seeds, args.ratios, args.epochs = args.seeds[:1], [0.6], min(args.epochs, 3)
     torch.set_num_threads(args.threads)
@@ -282,27 +287,54 @@ def main(argv=None):
                      if x["ratio"] in (1.0, 0.6) and x["method"] in ("full", "facenms", "random")}
             write_report(os.path.join(args.out, "report"), feats, task.labels,
                          kept[("facenms", 0.6)], eval_results=evals)
+    cmd = ("python bench/quality/run.py " + " ".join(
+        sys.argv[1:] if argv is None else argv)).strip()
+    doc = {"command": cmd, "args": vars(args), "total_s": time.perf_counter() - t_all,
+           "rows": [{k: ({str(a): b for a, b in v.items()} if isinstance(v, dict) else v)
+                     for k, v in r.items() if k not in ("fpr", "tpr")} for r in rows]}
+    with AtomicFiles() as out:
+        with out.open(os.path.join(args.out, "results.json"), "w") as f:
+            json.dump(doc, f, indent=1)
+    return _write_tables(rows, [doc], args.out, log)
+
+
+def _write_tables(rows, docs, out_dir, log=print):
     table = summarise(rows)
-    cmd = "python bench/quality/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    header = ("Command: `%s`  \n%d seed(s) %s, %d epochs, %s head, %d threads; total %.0f s.  \n"
+    a = docs[0]["args"]
+    seeds = sorted({r["seed"] for r in rows})
+    header = ("Command%s: %s  \n%d seed(s) %s, %d epochs, %s head, %d threads; total %s.  \n"
               "Mean ± sample std over seeds; Δ is the paired difference to full data, same seed."
-              % (cmd.strip(), len(args.seeds), args.seeds, args.epochs, args.head, args.threads,
-                 time.perf_counter() - t_all))
+              % ("s" if len(docs) > 1 else "", ", ".join("`%s`" % d["command"] for d in docs),
+                 len(seeds), seeds, a["epochs"], a["head"], a["threads"],
+                 " + ".join("%.0f s" % d["total_s"] for d in docs)))
     md = markdown(table, header)
     with AtomicFiles() as out:
-        with out.open(os.path.join(args.out, "results.md"), "w") as f:
+        with out.open(os.path.join(out_dir, "results.md"), "w") as f:
             f.write(md)
-        with out.open(os.path.join(args.out, "results.json"), "w") as f:
-            json.dump({"command": cmd, "args": vars(args), "rows": [
-                {k: ({str(a): b for a, b in v.items()} if isinstance(v, dict) else v)
-                 for k, v in r.items() if k not in ("fpr", "tpr")} for r in rows],
-                "table": table}, f, indent=1)
-    plot(table, os.path.join(args.out, "results.png"),
-         "quality vs core-set ratio (%s)" % ("simulated world" if args.data is None else args.data))
+    plot(table, os.path.join(out_dir, "results.png"), "quality vs core-set ratio (%s, %d seeds)"
+         % ("simulated world" if a.get("data") is None else a["data"], len(seeds)))
     log(md)
-    log("wrote %s/results.md, results.json, results.png (%.0f s)"
-        % (args.out, time.perf_counter() - t_all))
+    log("wrote %s/results.md and results.png" % out_dir)
     return table
+
+
+def render(paths, out_dir):
+    """results.md/.png again from results.json files (rows pooled across them)."""
+    docs, rows = [], []
+    for p in paths:
+        with open(p) as f:
+            d = json.load(f)
+        docs.append(d)
+        for r in d["rows"]:
+            r = dict(r)
+            r["tar"] = {float(k): v for k, v in r["tar"].items()}
+            rows.append(r)
+    seeds = [r["seed"] for r in rows if r["method"] == "full"]
+    if len(seeds) != len(set(seeds)):
+        raise SystemExit("--render: seed(s) %s appear in more than one file"
+                         % sorted({s for s in seeds if seeds.count(s) > 1}))
+    os.makedirs(out_dir, exist_ok=True)
+    return _write_tables(rows, docs, out_dir)
 
 
 if __name__ == "__main__":
