@@ -226,10 +226,9 @@ def _train(ds, labels, out_dir, config, d, batch_size, workers, resume, log_ever
                          % (len(faces), len(sampler), batch_size))
     total = config["epochs"] * steps
     warmup = int(round(config["warmup_epochs"] * steps))
+    done = start * steps  # a resumed schedule continues where the checkpoint stopped
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, total, warmup, config["schedule"]))
-    for _ in range(start * steps):  # replay the schedule to where the checkpoint stopped
-        sched.step()
+        opt, lambda s: lr_factor(done + s, total, warmup, config["schedule"]))
     model = net
     if d.world > 1:
         model = DistributedDataParallel(
