@@ -9,6 +9,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from ._atomic import AtomicFiles
+
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None, "none": None,
               "fp32": None}
 
@@ -134,58 +136,11 @@ class IndexedFaces(torch.utils.data.Dataset):
         return img, int(label), j
 
 
-def _fsync_dir(path):
-    try:
-        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_replace(tmp, path):
-    """Renames a finished temporary file into place (durably)."""
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path)
-
-
-def tmp_name(path):
-    return "%s.tmp-%d" % (path, os.getpid())
-
-
 def atomic_torch_save(obj, path):
-    tmp = tmp_name(path)
-    try:
-        torch.save(obj, tmp)
-        atomic_replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with AtomicFiles() as out:
+        torch.save(obj, out.open(path))
 
 
 def atomic_write_text(text, path):
-    tmp = tmp_name(path)
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-        atomic_replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_save_npy(array, path):
-    tmp = tmp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-        atomic_replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with AtomicFiles() as out:
+        out.open(path, "w").write(text)

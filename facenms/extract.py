@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from . import _runtime as rt
+from ._atomic import AtomicFiles, _fsync_dir
 
 FORMAT = "facenms-features/1"
 
@@ -184,6 +185,16 @@ def _diff(old, new):
             if old.get(k) != new[k]]
 
 
+def _where(ds, i):
+    for attr in ("where", "name"):
+        if hasattr(ds, attr):
+            try:
+                return getattr(ds, attr)(i)
+            except Exception:  # only for an error message
+                pass
+    return "?"
+
+
 def _embed(net, x, device, amp, flip):
     ctx = rt.autocast(device, amp) if net.uses_autocast else rt.autocast(device, None)
     with torch.inference_mode(), ctx:
@@ -335,7 +346,7 @@ def _run(ds, faces, labels, net, config, out_path, labels_path, d, workers, resu
             raise ValueError("the model gave a %s embedding for face %d (%s); with amp='fp16' "
                              "try amp='bf16' or None" % (
                                  "zero" if norm[pos, 0] == 0 else "non-finite",
-                                 i, ds.name(i) if hasattr(ds, "name") else "?"))
+                                 i, _where(ds, i)))
         feats[int(idx[0]):int(idx[-1]) + 1] = (e / norm).to(torch.float16).cpu().numpy()
         pending.append(k)
         if time.time() - last_sync >= sync_every:
@@ -354,10 +365,12 @@ def _run(ds, faces, labels, net, config, out_path, labels_path, d, workers, resu
         if left:
             raise RuntimeError("%d of %d batches of %s are not done after every rank finished"
                                % (left, n_batches, p["partial"]))
-        rt.atomic_save_npy(labels, p["labels"])
-        rt.atomic_write_text(json.dumps(dict(format=FORMAT, config=config,
-                                             labels=p["labels"]), indent=1), p["meta"])
-        os.replace(p["partial"], p["out"])
+        with AtomicFiles() as files:
+            np.save(files.open(p["labels"]), labels)
+            files.open(p["meta"], "w").write(json.dumps(
+                dict(format=FORMAT, config=config, labels=p["labels"]), indent=1))
+        os.replace(p["partial"], p["out"])  # last: the features appear only when complete
+        _fsync_dir(os.path.dirname(os.path.abspath(p["out"])))
         for k in ("progress", "state"):
             os.unlink(p[k])
 

@@ -46,3 +46,11 @@ def tiny_npz(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "tiny.npz"
     tinyfaces.save(tinyfaces.make(n_ids=6, per_id=8, size=32, seed=0), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_rec(tmp_path_factory):
+    """A generated insightface-layout RecordIO dataset (train.rec/.idx/property)."""
+    from facenms.data.synthetic import make_recordio
+    return make_recordio(tmp_path_factory.mktemp("rec") / "faces", num_identities=6,
+                         images_per_identity=(6, 9), size=32, seed=3)

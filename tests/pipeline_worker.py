@@ -1,8 +1,10 @@
 """Subprocess entry point for the proxy / extraction tests that need real
 separate processes: torchrun ranks, and an extraction that gets SIGKILLed.
 
-    python pipeline_worker.py proxy   DATA.npz OUT_DIR
-    python pipeline_worker.py extract DATA.npz OUT.npy MODEL [--delay S]
+    python pipeline_worker.py proxy   DATA OUT_DIR
+    python pipeline_worker.py extract DATA OUT.npy MODEL [--delay S]
+
+DATA: a tinyfaces .npz, or a dataset path (RecordIO, image folders).
 
 MODEL "tiny" is a seeded tiny iresnet built here (same weights in every
 process); --delay sleeps that long per batch so a test can kill mid-run.
@@ -52,7 +54,8 @@ def main():
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--amp", default="bf16")
     a = ap.parse_args()
-    ds = tinyfaces.load(a.data)
+    # a .npz of tinyfaces, or any dataset path for facenms.data.open_dataset
+    ds = tinyfaces.load(a.data) if a.data.endswith(".npz") else a.data
     if a.stage == "proxy":
         train_proxy(ds, a.out, fraction=1.0, backbone="iresnet", model_kwargs=TINY,
                     embedding_size=16, input_size=32, epochs=3, batch_size=a.batch_size,

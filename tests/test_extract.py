@@ -112,6 +112,24 @@ def test_resize_to_model_input(proxy_ckpt, tmp_path):
     assert np.load(tmp_path / "r.npy").shape == (12, 16)
 
 
+def test_recordio_path_train_and_extract(tiny_rec, tmp_path):
+    """Paths go through facenms.data.open_dataset; DataLoader workers read the
+    RecordIO; the number of workers does not change a byte."""
+    from facenms.data import open_dataset
+    ds = open_dataset(tiny_rec)
+    ck = train_proxy(tiny_rec, tmp_path / "p", fraction=0.5, backbone="mobilefacenet",
+                     model_kwargs=dict(width=0.25), embedding_size=16, input_size=32,
+                     epochs=1, batch_size=8, workers=2, progress=False)
+    assert load_proxy(ck).embedding_size == 16
+    a = extract(tiny_rec, ck, tmp_path / "a" / "features.npy", batch_size=5, workers=2,
+                progress=False)
+    b = extract(tiny_rec, ck, tmp_path / "b" / "features.npy", batch_size=5, workers=0,
+                progress=False)
+    assert open(a, "rb").read() == open(b, "rb").read()
+    assert np.array_equal(np.load(tmp_path / "a" / "labels.npy"), ds.labels)
+    assert np.load(a).shape == (len(ds), 16)
+
+
 class Zero(torch.nn.Module):
     def __init__(self):
         super().__init__()

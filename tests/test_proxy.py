@@ -6,6 +6,7 @@ import torch
 
 import tinyfaces
 from conftest import torchrun
+from facenms.data import open_dataset
 from facenms.models import HEADS, MODELS, get_head, get_model
 from facenms.proxy import (lr_factor, load_checkpoint, load_proxy, proxy_subset,
                            train_proxy)
@@ -169,9 +170,9 @@ def test_train_errors(tmp_path):
         train_proxy(object(), tmp_path, epochs=1, **TINY)
 
 
-def test_torchrun_two_processes(tiny_npz, tmp_path):
-    r = torchrun(["proxy", tiny_npz, tmp_path / "proxy"])
-    assert r.stdout.count("proxy: iresnet+arcface on 48 faces") == 1  # rank 0 only
+def test_torchrun_two_processes(tiny_rec, tmp_path):
+    r = torchrun(["proxy", tiny_rec, tmp_path / "proxy"])  # each rank opens the RecordIO
+    assert r.stdout.count("proxy: iresnet+arcface on %d faces" % len(open_dataset(tiny_rec))) == 1
     c = load_checkpoint(tmp_path / "proxy" / "proxy.pt")
     assert c["config"]["global_batch"] == 16  # 8 per rank x 2 ranks
     losses = [h["loss"] for h in c["history"]]
