@@ -1,5 +1,6 @@
 """Pieces the proxy trainer and the extractor share: opening a dataset,
 torchrun process groups, image batches to model input, autocast, atomic writes."""
+import atexit
 import contextlib
 import os
 from dataclasses import dataclass
@@ -47,7 +48,6 @@ class Dist:
     rank: int = 0
     world: int = 1
     device: torch.device = torch.device("cpu")
-    owns_group: bool = False  # we created the process group, so we destroy it
 
     @property
     def main(self):
@@ -57,14 +57,19 @@ class Dist:
         if self.world > 1:
             dist.barrier()
 
-    def close(self):
-        if self.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
+
+
+def _destroy_group():
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def setup_distributed(device=None):
     """Joins the torchrun process group when WORLD_SIZE > 1 (nccl with CUDA,
-    gloo on CPU); a plain process is rank 0 of 1."""
+    gloo on CPU); a plain process is rank 0 of 1. A group made here lives until
+    the process exits, so that several stages (train, then extract) can run in
+    one torchrun process: destroying a group and making another on the same
+    rendezvous port hangs."""
     world_env = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device is None:
@@ -73,13 +78,12 @@ def setup_distributed(device=None):
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    owns = False
     if world_env > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        owns = True
+        atexit.register(_destroy_group)
     if dist.is_initialized():
-        return Dist(dist.get_rank(), dist.get_world_size(), device, owns)
-    return Dist(0, 1, device, False)
+        return Dist(dist.get_rank(), dist.get_world_size(), device)
+    return Dist(0, 1, device)
 
 
 def autocast(device, amp):

@@ -284,21 +284,18 @@ def extract(dataset, model, out_path, *, batch_size=256, workers=2, amp="bf16", 
     if n == 0:
         raise ValueError("the dataset has no faces")
     d = rt.setup_distributed(device)
-    try:
-        net = load_model(model, d.device)
-        size = input_size or net.input_size
-        faces = rt.IndexedFaces(ds, size=size)
-        first = faces[0][0][None]
-        probe = _embed(net, rt.to_input(first, d.device, size, mean, std), d.device, amp, flip)
-        config = dict(n=n, dim=int(probe.shape[1]), batch_size=int(batch_size), flip=bool(flip),
-                      amp=amp if net.uses_autocast else None, input_size=size,
-                      image_size=list(first.shape[-2:]), mean=float(mean), std=float(std),
-                      model=net.fingerprint,
-                      labels=hashlib.sha256(labels.tobytes()).hexdigest())
-        return _run(ds, faces, labels, net, config, out_path, labels_path, d, workers,
-                    resume, progress, sync_every, t0)
-    finally:
-        d.close()
+    net = load_model(model, d.device)
+    size = input_size or net.input_size
+    faces = rt.IndexedFaces(ds, size=size)
+    first = faces[0][0][None]
+    probe = _embed(net, rt.to_input(first, d.device, size, mean, std), d.device, amp, flip)
+    config = dict(n=n, dim=int(probe.shape[1]), batch_size=int(batch_size), flip=bool(flip),
+                  amp=amp if net.uses_autocast else None, input_size=size,
+                  image_size=list(first.shape[-2:]), mean=float(mean), std=float(std),
+                  model=net.fingerprint,
+                  labels=hashlib.sha256(labels.tobytes()).hexdigest())
+    return _run(ds, faces, labels, net, config, out_path, labels_path, d, workers,
+                resume, progress, sync_every, t0)
 
 
 def _run(ds, faces, labels, net, config, out_path, labels_path, d, workers, resume,

@@ -162,19 +162,16 @@ def train_proxy(dataset, out_dir, *, subset="identities", fraction=0.1, seed=0,
     ds = rt.open_dataset(dataset)
     labels = rt.dataset_labels(ds)
     d = rt.setup_distributed(device)
-    try:
-        config = dict(
-            n_faces=len(ds), subset=subset, fraction=float(fraction), seed=int(seed),
-            backbone=backbone, head=head, embedding_size=int(embedding_size),
-            input_size=int(input_size), model_kwargs=dict(model_kwargs or {}),
-            scale=float(scale), margin=None if margin is None else float(margin),
-            epochs=int(epochs), global_batch=int(batch_size) * d.world, lr=float(lr),
-            momentum=float(momentum), weight_decay=float(weight_decay),
-            schedule=schedule, warmup_epochs=float(warmup_epochs), amp=amp)
-        return _train(ds, labels, out_dir, config, d, batch_size, workers, resume,
-                      log_every, progress, clip_grad, t0)
-    finally:
-        d.close()
+    config = dict(
+        n_faces=len(ds), subset=subset, fraction=float(fraction), seed=int(seed),
+        backbone=backbone, head=head, embedding_size=int(embedding_size),
+        input_size=int(input_size), model_kwargs=dict(model_kwargs or {}),
+        scale=float(scale), margin=None if margin is None else float(margin),
+        epochs=int(epochs), global_batch=int(batch_size) * d.world, lr=float(lr),
+        momentum=float(momentum), weight_decay=float(weight_decay),
+        schedule=schedule, warmup_epochs=float(warmup_epochs), amp=amp)
+    return _train(ds, labels, out_dir, config, d, batch_size, workers, resume,
+                  log_every, progress, clip_grad, t0)
 
 
 def _train(ds, labels, out_dir, config, d, batch_size, workers, resume, log_every,

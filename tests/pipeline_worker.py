@@ -1,7 +1,7 @@
 """Subprocess entry point for the proxy / extraction tests that need real
 separate processes: torchrun ranks, and an extraction that gets SIGKILLed.
 
-    python pipeline_worker.py proxy   DATA OUT_DIR
+    python pipeline_worker.py proxy   DATA OUT_DIR [--then-extract OUT.npy]
     python pipeline_worker.py extract DATA OUT.npy MODEL [--delay S]
 
 DATA: a tinyfaces .npz, or a dataset path (RecordIO, image folders).
@@ -50,6 +50,7 @@ def main():
     ap.add_argument("data")
     ap.add_argument("out")
     ap.add_argument("model", nargs="?")
+    ap.add_argument("--then-extract", metavar="OUT.npy")
     ap.add_argument("--delay", type=float, default=0.0)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--amp", default="bf16")
@@ -57,9 +58,12 @@ def main():
     # a .npz of tinyfaces, or any dataset path for facenms.data.open_dataset
     ds = tinyfaces.load(a.data) if a.data.endswith(".npz") else a.data
     if a.stage == "proxy":
-        train_proxy(ds, a.out, fraction=1.0, backbone="iresnet", model_kwargs=TINY,
-                    embedding_size=16, input_size=32, epochs=3, batch_size=a.batch_size,
-                    lr=0.1, workers=0, progress=False)
+        ck = train_proxy(ds, a.out, fraction=1.0, backbone="iresnet", model_kwargs=TINY,
+                         embedding_size=16, input_size=32, epochs=3,
+                         batch_size=a.batch_size, lr=0.1, workers=0, progress=False)
+        if a.then_extract:  # a second stage in the same processes and process group
+            extract(ds, ck, a.then_extract, batch_size=a.batch_size, workers=0,
+                    progress=False)
     else:
         model = tiny_model(a.delay) if a.model == "tiny" else a.model
         extract(ds, model, a.out, batch_size=a.batch_size, workers=0,

@@ -171,8 +171,11 @@ def test_train_errors(tmp_path):
 
 
 def test_torchrun_two_processes(tiny_rec, tmp_path):
-    r = torchrun(["proxy", tiny_rec, tmp_path / "proxy"])  # each rank opens the RecordIO
-    assert r.stdout.count("proxy: iresnet+arcface on %d faces" % len(open_dataset(tiny_rec))) == 1
+    # each rank opens the RecordIO; extraction follows in the same process group
+    r = torchrun(["proxy", tiny_rec, tmp_path / "proxy", "--then-extract", tmp_path / "f.npy"])
+    n = len(open_dataset(tiny_rec))
+    assert r.stdout.count("proxy: iresnet+arcface on %d faces" % n) == 1  # rank 0 only
+    assert np.load(tmp_path / "f.npy").shape == (n, 16)
     c = load_checkpoint(tmp_path / "proxy" / "proxy.pt")
     assert c["config"]["global_batch"] == 16  # 8 per rank x 2 ranks
     losses = [h["loss"] for h in c["history"]]
