@@ -1,5 +1,5 @@
 """Feature extraction: an embedding for every face, L2-normalised, float16, in a
-memory-mapped ``.npy`` that an interrupted run resumes.
+``.npy`` (memory-mappable by the selection) that an interrupted run resumes.
 
     extract("train.rec", "out/proxy/proxy.pt", "out/features.npy", flip=True)
 
@@ -212,7 +212,8 @@ def _prepare(p, config, resume, n_batches):
         if meta is not None and meta.get("config") == config and os.path.exists(p["labels"]):
             return "done"
         why = ("it has no settings file %s" % p["meta"] if meta is None else
-               "it was made with other settings (%s)" % "; ".join(_diff(meta.get("config", {}), config)))
+               "it was made with other settings (%s)"
+               % "; ".join(_diff(meta.get("config", {}), config)))
         raise ValueError("features %s exist but %s; delete them or pass resume=False"
                          % (p["out"], why))
     state = _read_json(p["state"]) if resume else None
@@ -239,6 +240,44 @@ def _prepare(p, config, resume, n_batches):
         f.truncate(n_batches)
     rt.atomic_write_text(json.dumps(dict(format=FORMAT, config=config), indent=1), p["state"])
     return None
+
+
+class _Rows:
+    """Writes feature rows into the partial .npy and done-marks into the progress
+    file with pwrite rather than through a memory map: ranks on several nodes
+    may share one file on a network file system, and there a memory map writes
+    back whole pages, which can overwrite a neighbour's rows with stale bytes;
+    a pwrite sends only its own byte range."""
+
+    def __init__(self, partial, progress):
+        mm = np.lib.format.open_memmap(partial, mode="r")
+        self.offset, self.row_bytes = mm.offset, mm.shape[1] * mm.dtype.itemsize
+        del mm
+        self.rows = os.open(partial, os.O_RDWR)
+        self.marks = os.open(progress, os.O_RDWR)
+
+    @staticmethod
+    def _pwrite(fd, data, offset):
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(fd, view, offset)
+            view, offset = view[n:], offset + n
+
+    def write(self, row, values):
+        self._pwrite(self.rows, np.ascontiguousarray(values, np.float16).tobytes(),
+                     self.offset + row * self.row_bytes)
+
+    def mark_done(self, batches):
+        if not batches:
+            return
+        os.fsync(self.rows)  # rows reach the disk before their batch is marked done
+        for k in batches:
+            self._pwrite(self.marks, b"\1", int(k))
+        os.fsync(self.marks)
+
+    def close(self):
+        os.close(self.rows)
+        os.close(self.marks)
 
 
 def _on_all_ranks(d, fn):
@@ -285,9 +324,15 @@ def extract(dataset, model, out_path, *, batch_size=256, workers=2, amp="bf16", 
         raise ValueError("the dataset has no faces")
     d = rt.setup_distributed(device)
     net = load_model(model, d.device)
+    first = rt.IndexedFaces(ds)[0][0][None]
     size = input_size or net.input_size
+    if size is None:  # the images' own size; faces of other sizes are resized to it
+        h, w = first.shape[-2:]
+        if h != w:
+            raise ValueError("the first face is %d x %d (not square) and the model states no "
+                             "input size: pass input_size" % (h, w))
+        size = int(h)
     faces = rt.IndexedFaces(ds, size=size)
-    first = faces[0][0][None]
     probe = _embed(net, rt.to_input(first, d.device, size, mean, std), d.device, amp, flip)
     config = dict(n=n, dim=int(probe.shape[1]), batch_size=int(batch_size), flip=bool(flip),
                   amp=amp if net.uses_autocast else None, input_size=size,
@@ -310,11 +355,10 @@ def _run(ds, faces, labels, net, config, out_path, labels_path, d, workers, resu
         return p["out"]
     d.barrier()
 
-    done = np.memmap(p["progress"], dtype=np.uint8, mode="r+", shape=(n_batches,))
-    todo = np.flatnonzero(done == 0)
+    todo = np.flatnonzero(np.fromfile(p["progress"], np.uint8) == 0)
     mine = np.array_split(todo, d.world)[d.rank]  # a contiguous share of what is left
     was_done = n_batches - len(todo)
-    feats = np.lib.format.open_memmap(p["partial"], mode="r+")
+    out = _Rows(p["partial"], p["progress"])
     loader = DataLoader(faces, batch_sampler=[range(k * bs, min(n, (k + 1) * bs)) for k in mine],
                         num_workers=workers if len(mine) > 1 else 0,
                         pin_memory=d.device.type == "cuda")
@@ -326,39 +370,38 @@ def _run(ds, faces, labels, net, config, out_path, labels_path, d, workers, resu
     pending, last_sync = [], time.time()
 
     def sync():
-        # rows reach the file before their batch is marked done
-        feats.flush()
-        done[pending] = 1
-        done.flush()
+        out.mark_done(pending)
         pending.clear()
 
-    for k, (img, _, idx) in zip(mine, loader):
-        x = rt.to_input(img, d.device, config["input_size"], config["mean"], config["std"])
-        e = _embed(net, x, d.device, config["amp"], config["flip"])
-        norm = e.norm(dim=1, keepdim=True)
-        bad = ~torch.isfinite(norm[:, 0]) | (norm[:, 0] == 0)
-        if bool(bad.any()):
-            pos = int(bad.nonzero()[0, 0])
-            i = int(idx[pos])
-            raise ValueError("the model gave a %s embedding for face %d (%s); with amp='fp16' "
-                             "try amp='bf16' or None" % (
-                                 "zero" if norm[pos, 0] == 0 else "non-finite",
-                                 i, _where(ds, i)))
-        feats[int(idx[0]):int(idx[-1]) + 1] = (e / norm).to(torch.float16).cpu().numpy()
-        pending.append(k)
-        if time.time() - last_sync >= sync_every:
-            sync()
-            last_sync = time.time()
-        if bar is not None:
-            bar.update()
-    sync()
+    try:
+        for k, (img, _, idx) in zip(mine, loader):
+            x = rt.to_input(img, d.device, config["input_size"], config["mean"], config["std"])
+            e = _embed(net, x, d.device, config["amp"], config["flip"])
+            norm = e.norm(dim=1, keepdim=True)
+            bad = ~torch.isfinite(norm[:, 0]) | (norm[:, 0] == 0)
+            if bool(bad.any()):
+                pos = int(bad.nonzero()[0, 0])
+                i = int(idx[pos])
+                raise ValueError("the model gave a %s embedding for face %d (%s); with amp='fp16' "
+                                 "try amp='bf16' or None" % (
+                                     "zero" if norm[pos, 0] == 0 else "non-finite",
+                                     i, _where(ds, i)))
+            out.write(int(idx[0]), (e / norm).to(torch.float16).cpu().numpy())
+            pending.append(k)
+            if time.time() - last_sync >= sync_every:
+                sync()
+                last_sync = time.time()
+            if bar is not None:
+                bar.update()
+        sync()
+    finally:
+        out.close()
     if bar is not None:
         bar.close()
-    del feats
     d.barrier()
 
     def finish():
-        left = int((done == 0).sum())
+        left = int((np.fromfile(p["progress"], np.uint8) == 0).sum())
         if left:
             raise RuntimeError("%d of %d batches of %s are not done after every rank finished"
                                % (left, n_batches, p["partial"]))
@@ -372,7 +415,6 @@ def _run(ds, faces, labels, net, config, out_path, labels_path, d, workers, resu
             os.unlink(p[k])
 
     _on_all_ranks(d, finish)
-    del done
     if d.main:
         print("extract: %d faces x %d dims float16 with %s (%s%s, %d rank%s)%s; %.1f s -> %s"
               % (n, config["dim"], net.desc, "amp %s" % config["amp"],

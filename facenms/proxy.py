@@ -130,9 +130,9 @@ def _check_resumable(ck, config, path):
 
 def _summary(config, ck_path, history, n_faces, n_classes, seconds=None, trained=True):
     first, last = history[0], history[-1]
-    head = "proxy: %s+%s on %d faces of %d identities (%s %g, seed %d)" % (
-        config["backbone"], config["head"], n_faces, n_classes, config["subset"],
-        config["fraction"], config["seed"])
+    head = "proxy: %s+%s on %d faces of %d identities (%g%% of the %s, seed %d)" % (
+        config["backbone"], config["head"], n_faces, n_classes, 100 * config["fraction"],
+        config["subset"], config["seed"])
     body = "loss %.4f -> %.4f (epoch %d -> %d of %d)" % (
         first["loss"], last["loss"], first["epoch"], last["epoch"], config["epochs"])
     tail = ("%.1f s" % seconds) if trained else "already trained"

@@ -41,6 +41,10 @@ def _reference(ds, model, flip=False):
     return torch.nn.functional.normalize(e).numpy()
 
 
+def _maxdiff(path, ref):
+    return np.abs(np.load(path).astype(np.float32) - ref).max()
+
+
 def test_extract_from_proxy_checkpoint(ds, proxy_ckpt, tmp_path, capsys):
     out = tmp_path / "f" / "features.npy"
     assert extract(ds, proxy_ckpt, out, batch_size=BS, workers=0, progress=False) == str(out)
@@ -72,7 +76,7 @@ def test_flip_sum_and_module_input(ds, proxy_ckpt, tmp_path):
         out = tmp_path / ("flip%d.npy" % flip)
         extract(ds, model, out, batch_size=BS, workers=0, amp=None, flip=flip,
                 labels_path=tmp_path / "l.npy", progress=False)
-        assert np.abs(np.load(out).astype(np.float32) - _reference(ds, model, flip)).max() < 2e-3
+        assert _maxdiff(out, _reference(ds, model, flip)) < 2e-3
 
 
 def test_torchscript_input(ds, proxy_ckpt, tmp_path):
@@ -81,7 +85,7 @@ def test_torchscript_input(ds, proxy_ckpt, tmp_path):
     torch.jit.trace(model, torch.randn(2, 3, 32, 32)).save(str(ts))
     assert load_model(ts).desc.startswith("TorchScript")
     extract(ds, ts, tmp_path / "ts.npy", batch_size=BS, workers=0, amp=None, progress=False)
-    assert np.abs(np.load(tmp_path / "ts.npy").astype(np.float32) - _reference(ds, model)).max() < 2e-3
+    assert _maxdiff(tmp_path / "ts.npy", _reference(ds, model)) < 2e-3
 
 
 @pytest.mark.parametrize("fixed_batch", [False, True])
@@ -95,7 +99,7 @@ def test_onnx_input(ds, proxy_ckpt, tmp_path, fixed_batch):
                       input_names=["data"],
                       dynamic_axes=None if fixed_batch else {"data": {0: "n"}})
     extract(ds, path, tmp_path / "o.npy", batch_size=BS, workers=0, progress=False)
-    assert np.abs(np.load(tmp_path / "o.npy").astype(np.float32) - _reference(ds, model)).max() < 2e-3
+    assert _maxdiff(tmp_path / "o.npy", _reference(ds, model)) < 2e-3
 
 
 def test_onnx_without_onnxruntime(ds, tmp_path, monkeypatch):
@@ -196,7 +200,8 @@ def test_killed_extraction_resumes_byte_identical(tiny_npz, uninterrupted, tmp_p
     assert r.returncode == 0, r.stderr[-2000:]
     assert "resumed with %d of 12 batches done" % done.sum() in r.stdout
     assert out.read_bytes() == uninterrupted.read_bytes()
-    assert (tmp_path / "labels.npy").read_bytes() == (uninterrupted.parent / "labels.npy").read_bytes()
+    ref_labels = uninterrupted.parent / "labels.npy"
+    assert (tmp_path / "labels.npy").read_bytes() == ref_labels.read_bytes()
     assert sorted(os.listdir(tmp_path)) == ["features.npy", "features.npy.json", "labels.npy"]
 
 
