@@ -206,8 +206,17 @@ def test_killed_extraction_resumes_byte_identical(tiny_npz, uninterrupted, tmp_p
 
 
 def test_torchrun_two_ranks_extract(tiny_npz, uninterrupted, tmp_path):
+    """One process does 5 of the 12 batches and crashes; 2 torchrun ranks do the
+    rest into the same file; the bytes are those of one uninterrupted run."""
+    from pipeline_worker import tiny_model
     out = tmp_path / "features.npy"
+    crashing = tinyfaces.Crashing(tinyfaces.load(tiny_npz), after=1 + 5 * BS)  # 1: the probe
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        extract(crashing, tiny_model(), out, batch_size=BS, workers=0, progress=False,
+                sync_every=0.0)
+    assert np.fromfile(str(out) + ".progress", np.uint8).sum() == 5
     r = torchrun(["extract", tiny_npz, out, "tiny", "--batch-size", BS])
     assert r.stdout.count("extract: 48 faces x 16 dims") == 1 and "2 ranks" in r.stdout
+    assert "resumed with 5 of 12 batches done" in r.stdout
     assert out.read_bytes() == uninterrupted.read_bytes()
     assert sorted(os.listdir(tmp_path)) == ["features.npy", "features.npy.json", "labels.npy"]

@@ -118,29 +118,12 @@ def test_train_loss_goes_down(tmp_path, capsys):
     assert sim[same].mean() > sim[~same].mean() + 0.3
 
 
-class Crashing:
-    """A dataset that fails after `after` reads: a crash in the middle of an epoch."""
-
-    def __init__(self, ds, after):
-        self.ds, self.after, self.reads = ds, after, 0
-        self.labels = ds.labels
-
-    def __len__(self):
-        return len(self.ds)
-
-    def __getitem__(self, i):
-        self.reads += 1
-        if self.reads > self.after:
-            raise RuntimeError("simulated crash")
-        return self.ds[i]
-
-
 def test_resume_after_crash_matches_uninterrupted(tmp_path, capsys):
     ds = tinyfaces.make(n_ids=4, per_id=12, size=32, seed=1)  # 48 faces: 3 steps of 16
     kw = dict(fraction=1.0, epochs=4, head="cosface", amp=None, **TINY)
     full = load_checkpoint(train_proxy(ds, tmp_path / "full", **kw))
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train_proxy(Crashing(ds, after=2 * 48 + 20), tmp_path / "crash", **kw)  # in epoch 3
+        train_proxy(tinyfaces.Crashing(ds, after=2 * 48 + 20), tmp_path / "crash", **kw)  # in epoch 3
     assert load_checkpoint(tmp_path / "crash" / "proxy.pt")["epoch"] == 2
     assert sorted(os.listdir(tmp_path / "crash")) == ["proxy.pt"]
     resumed = load_checkpoint(train_proxy(ds, tmp_path / "crash", **kw))

@@ -30,6 +30,23 @@ class TinyFaces:
         return torch.from_numpy(self.images[i].transpose(2, 0, 1).copy()), int(self.labels[i])
 
 
+class Crashing:
+    """Wraps a dataset and fails after `after` reads: a crash in the middle of a run."""
+
+    def __init__(self, ds, after):
+        self.ds, self.after, self.reads = ds, after, 0
+        self.labels = ds.labels
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        if self.reads > self.after:
+            raise RuntimeError("simulated crash")
+        return self.ds[i]
+
+
 def make(n_ids=8, per_id=12, size=32, seed=0):
     rng = np.random.default_rng(seed)
     grid = rng.integers(0, 256, size=(n_ids, 4, 4, 3)).astype(np.float32)
