@@ -204,12 +204,15 @@ def _embed(net, x, device, amp, flip):
     return e.float()
 
 
-def _prepare(p, config, resume, n_batches):
+def _prepare(p, config, labels, resume, n_batches):
     """Rank 0: make or reuse the partial file; returns 'done' when the final
     outputs already match, else None."""
     if resume and os.path.exists(p["out"]):
         meta = _read_json(p["meta"])
-        if meta is not None and meta.get("config") == config and os.path.exists(p["labels"]):
+        if meta is not None and meta.get("config") == config:
+            if not os.path.exists(p["labels"]):  # lost or moved since: cheap to redo
+                with AtomicFiles() as files:
+                    np.save(files.open(p["labels"]), labels)
             return "done"
         why = ("it has no settings file %s" % p["meta"] if meta is None else
                "it was made with other settings (%s)"
@@ -348,7 +351,7 @@ def _run(ds, faces, labels, net, config, out_path, labels_path, d, workers, resu
     n, bs = config["n"], config["batch_size"]
     n_batches = -(-n // bs)
     p = _paths(out_path, labels_path)
-    if _on_all_ranks(d, lambda: _prepare(p, config, resume, n_batches)) == "done":
+    if _on_all_ranks(d, lambda: _prepare(p, config, labels, resume, n_batches)) == "done":
         if d.main:
             print("extract: %s already holds %d x %d features for these settings -> %s"
                   % (p["out"], n, config["dim"], p["out"]), flush=True)

@@ -61,8 +61,10 @@ def test_extract_from_proxy_checkpoint(ds, proxy_ckpt, tmp_path, capsys):
     assert np.abs(f.astype(np.float32) - ref).max() < 0.05
     assert "extract: 48 faces x 16 dims" in capsys.readouterr().out
     # complete: a rerun does nothing; other settings are refused unless resume=False
+    os.unlink(tmp_path / "f" / "labels.npy")
     extract(ds, proxy_ckpt, out, batch_size=BS, workers=0, progress=False)
     assert "already holds" in capsys.readouterr().out
+    assert np.array_equal(np.load(tmp_path / "f" / "labels.npy"), ds.labels)
     with pytest.raises(ValueError, match="other settings.*flip"):
         extract(ds, proxy_ckpt, out, batch_size=BS, workers=0, flip=True, progress=False)
     extract(ds, proxy_ckpt, out, batch_size=BS, workers=2, flip=True, resume=False,
