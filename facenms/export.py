@@ -50,16 +50,21 @@ def save_indices(path, keep):
     return os.fspath(path)
 
 
-def write_lst(path, dataset, keep):
+def _each(items, progress):
+    return progress(items) if progress is not None else items
+
+
+def write_lst(path, dataset, keep, progress=None):
     """An im2rec-style list: `index\\tlabel\\tname` per kept face, in `keep` order.
 
     index is the face's index in `dataset`, label its original label, name
     dataset.name(i) (the relative path for image folders, rec:<key> for RecordIO).
+    progress: optional wrapper of the index iterable, e.g. tqdm.
     """
     keep = _keep_array(keep, len(dataset))
     with AtomicFiles() as out:
         with out.open(path, "w") as f:
-            for i in keep:
+            for i in _each(keep, progress):
                 name = dataset.name(int(i))
                 if "\t" in name or "\n" in name:
                     raise ValueError("%s: a tab or newline in the name breaks the .lst format"
@@ -91,7 +96,7 @@ def rec_paths(out):
                                                  "label_map.npy"))
 
 
-def write_recordio(out, dataset, keep, layout="insightface"):
+def write_recordio(out, dataset, keep, layout="insightface", progress=None):
     """The kept faces as a new RecordIO dataset, labels re-numbered densely.
 
     out: a directory (created if needed) that receives train.rec, train.idx,
@@ -101,6 +106,9 @@ def write_recordio(out, dataset, keep, layout="insightface"):
     insightface layout requires. label_map.npy is an int64 (C, 2) array of
     (old label, new label) rows. Image bytes are copied as they are (JPEG, PNG
     and BMP; other formats are re-encoded as PNG), after a header check.
+    layout="im2rec" writes no header or identity records (keys 0..n-1): needed
+    past 2**24 images + identities, where the header's float32 keys are inexact.
+    progress: optional wrapper of the index iterable, e.g. tqdm.
     Returns the dict of written paths.
     """
     keep = _keep_array(keep, len(dataset))
@@ -110,7 +118,8 @@ def write_recordio(out, dataset, keep, layout="insightface"):
     new = np.searchsorted(old, labels[idx])
     rec, idxp, prop, mapp = rec_paths(out)
     files = AtomicFiles()
-    write_face_recordio(rec, new, (_rec_payload(dataset, int(i))[0] for i in idx),
+    payloads = (_rec_payload(dataset, int(i))[0] for i in _each(idx, progress))
+    write_face_recordio(rec, new, payloads,
                         num_classes=len(old), image_size=dataset.image_size,
                         layout=layout, files=files)
     try:
@@ -122,7 +131,7 @@ def write_recordio(out, dataset, keep, layout="insightface"):
     return {"rec": rec, "idx": idxp, "property": prop, "label_map": mapp}
 
 
-def write_imagefolder(out_dir, dataset, keep, mode="symlink", overwrite=False):
+def write_imagefolder(out_dir, dataset, keep, mode="symlink", overwrite=False, progress=None):
     """The kept faces as an image-folder tree out_dir/<identity>/<file>.
 
     Image-folder datasets keep their relative paths, as symlinks to the
@@ -130,6 +139,7 @@ def write_imagefolder(out_dir, dataset, keep, mode="symlink", overwrite=False):
     no files to link: each face's encoded bytes are written to
     <label, zero-padded>/<key>.<jpg|png|...> whatever the mode.
     out_dir must not exist or be empty unless overwrite=True.
+    progress: optional wrapper of the index iterable, e.g. tqdm.
     """
     if mode not in ("symlink", "copy"):
         raise ValueError("mode must be 'symlink' or 'copy', got %r" % (mode,))
@@ -137,7 +147,7 @@ def write_imagefolder(out_dir, dataset, keep, mode="symlink", overwrite=False):
     width = len(str(max(int(dataset.num_classes) - 1, 0)))
     with AtomicDir(out_dir, overwrite=overwrite) as d:
         made = set()
-        for i in keep:
+        for i in _each(keep, progress):
             i = int(i)
             if isinstance(dataset, ImageFolderDataset):
                 rel, data = dataset.name(i), None

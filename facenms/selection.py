@@ -124,8 +124,9 @@ def _rank(x, order, offsets, sizes, rank, scores, seed):
     elif rank == "centrality":
         key = -sparsity
     elif rank == "random":
-        g = torch.Generator().manual_seed(int(seed))
-        key = torch.randperm(x.shape[0], generator=g).to(x.device, torch.float64)[order]
+        # numpy's generator, so the reference and every device draw the same order
+        perm = np.random.default_rng(seed).permutation(x.shape[0]).astype(np.float64)
+        key = torch.from_numpy(perm).to(x.device)[order]
     else:
         key = scores[order]
     # Stable sorts: by key descending, then by identity; within an identity,
@@ -190,16 +191,19 @@ def _lanes(lo, hi, n=LANES):
 
 
 def _bracket(ts, counts, target):
-    """Narrowest (lo, hi) of evaluated thresholds around the target count.
+    """Narrowest (lo, hi) between evaluated thresholds around the target count,
+    or None when it lies beyond [-1, 1].
 
     The count grows with the threshold on real data (not always: the search
     never relies on it beyond choosing where to look next).
     """
     above = np.flatnonzero(counts >= target)
     if len(above) == 0:
-        return ts[-1], 1.0
+        return None if ts[-1] >= 1.0 else (ts[-1], 1.0)
     j = above[0]
-    return (-1.0, ts[0]) if j == 0 else (ts[j - 1], ts[j])
+    if j == 0:
+        return None if ts[0] <= -1.0 else (-1.0, ts[0])
+    return ts[j - 1], ts[j]
 
 
 class _Best:
@@ -230,8 +234,7 @@ def _search(run, target, lo=-1.0, hi=1.0, max_passes=4, stop_width=1e-9):
         if best.exact:
             break
         new = _bracket(ts, counts, target)
-        if (new[0] <= -1.0 and ts[0] <= -1.0) or (new[1] >= 1.0 and ts[-1] >= 1.0) \
-                or new[1] - new[0] < stop_width:
+        if new is None or new[1] - new[0] < stop_width:
             break
         lo, hi = new
     return best

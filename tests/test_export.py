@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -182,3 +183,51 @@ def test_mxnet_reads_what_we_write(tmp_path):
                         os.path.join(HERE, "fixtures", "check_with_mxnet.py"), str(tmp_path)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_progress_hook(tmp_path, folder):
+    seen = []
+
+    def progress(it):
+        for i in it:
+            seen.append(int(i))
+            yield i
+    export.write_recordio(tmp_path / "r", folder, [3, 1], progress=progress)
+    assert seen == [1, 3]
+
+
+KILLED_EXPORT = r"""
+import sys, time
+from facenms import export
+from facenms.data import open_dataset
+
+ds, out, marker = open_dataset(sys.argv[1]), sys.argv[2], sys.argv[3]
+
+def progress(it):
+    for n, i in enumerate(it):
+        if n == 3:
+            open(marker, "w").close()
+            time.sleep(60)  # killed here, mid-way through the images
+        yield i
+
+export.write_recordio(out, ds, list(range(len(ds))), progress=progress)
+"""
+
+
+def test_killed_export_leaves_no_final_output(tmp_path, folder):
+    marker = tmp_path / "marker"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(HERE)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_EXPORT, folder.root,
+                             str(tmp_path / "out"), str(marker)], env=env)
+    try:
+        for _ in range(600):
+            if marker.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert marker.exists(), "the export never reached its fourth image"
+    finally:
+        proc.kill()
+        proc.wait()
+    left = os.listdir(tmp_path / "out")
+    assert left and all(f.startswith(".") and ".tmp-" in f for f in left), left

@@ -10,13 +10,18 @@ import pytest
 import torch
 
 import tinyfaces
-from conftest import WORKER, child_env, torchrun
+from procs import WORKER, child_env, torchrun
 from facenms.extract import extract, load_model
 from facenms.proxy import load_proxy, train_proxy
 
 BS = 4  # 48 faces -> 12 batches
 # torch.jit and the TorchScript ONNX exporter warn that they are deprecated
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads(one_thread):
+    """Every test here, module fixtures included, runs on one thread."""
 
 
 @pytest.fixture(scope="module")

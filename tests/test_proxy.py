@@ -5,11 +5,16 @@ import pytest
 import torch
 
 import tinyfaces
-from conftest import torchrun
+from procs import torchrun
 from facenms.data import open_dataset
 from facenms.models import HEADS, MODELS, get_head, get_model
 from facenms.proxy import (lr_factor, load_checkpoint, load_proxy, proxy_subset,
                            train_proxy)
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads(one_thread):
+    """Every test here, module fixtures included, runs on one thread."""
+
 
 TINY = dict(backbone="iresnet", model_kwargs=dict(layers=(1, 1, 1, 1), width=8),
             embedding_size=16, input_size=32, batch_size=16, lr=0.1, workers=0,

@@ -264,3 +264,53 @@ def test_writer_failure_leaves_nothing(tmp_path):
             w.write(0, b"abc")
             w.write(0, b"abc")
     assert os.listdir(tmp_path) == []
+
+
+def _images(n):
+    exp = expected("insightface")
+    return [exp["raw_%d" % k].tobytes() for k in exp["keys"]][:n]
+
+
+def test_header_without_identity_records(tmp_path):
+    # some converters write header [N+1, num_classes] and no identity records
+    imgs, labels = _images(5), [0, 0, 2, 1, 1]
+    with RecordIOWriter(tmp_path / "train.rec") as w:
+        w.write(0, pack(IRHeader(0, [6, 3], 0, 0), b""))
+        for k, (lab, img) in enumerate(zip(labels, imgs), 1):
+            w.write(k, pack(IRHeader(0, lab, k, 0), img))
+    ds = open_dataset(tmp_path)
+    assert ds.layout == "insightface" and ds.labels.tolist() == labels
+    assert ds.read_bytes(4) == imgs[4]
+
+
+def test_identity_records_that_disagree_are_not_trusted(tmp_path):
+    imgs, labels = _images(4), [0, 0, 1, 1]
+    with RecordIOWriter(tmp_path / "train.rec") as w:
+        w.write(0, pack(IRHeader(0, [5, 7], 0, 0), b""))
+        for k, (lab, img) in enumerate(zip(labels, imgs), 1):
+            w.write(k, pack(IRHeader(0, [lab, 9.0], k, 0), img))
+        w.write(5, pack(IRHeader(0, [1, 2], 5, 0), b""))  # wrong: identity 0 has 2 images
+        w.write(6, pack(IRHeader(0, [2, 5], 6, 0), b""))
+    assert open_dataset(tmp_path).labels.tolist() == labels
+
+
+def test_im2rec_whose_first_image_has_an_array_label(tmp_path):
+    imgs = _images(3)
+    with RecordIOWriter(tmp_path / "train.rec") as w:
+        for k, img in enumerate(imgs):
+            w.write(k, pack(IRHeader(0, [k + 1, 0.0], k, 0), img))
+    ds = open_dataset(tmp_path / "train.rec")
+    assert ds.layout == "im2rec" and ds.labels.tolist() == [1, 2, 3] and ds.num_classes == 4
+
+
+def test_missing_image_key_and_bad_label(tmp_path):
+    with RecordIOWriter(tmp_path / "train.rec") as w:
+        w.write(0, pack(IRHeader(0, [4, 5], 0, 0), b""))
+        w.write(1, pack(IRHeader(0, 0, 1, 0), b"x"))
+        w.write(3, pack(IRHeader(0, 0, 3, 0), b"x"))
+    with pytest.raises(ValueError, match=r"image keys 1\.\.3 but key 2 is not in .*train\.idx"):
+        open_dataset(tmp_path)
+    with RecordIOWriter(tmp_path / "b.rec") as w:
+        w.write(0, pack(IRHeader(0, 1.5, 0, 0), b"x"))
+    with pytest.raises(ValueError, match=r"b\.rec record key 0: label 1\.5 is not a non-negative"):
+        open_dataset(tmp_path / "b.rec")

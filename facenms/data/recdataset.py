@@ -12,11 +12,13 @@ im2rec layout: no header; every record is an image whose label is a scalar or
 an array (label[0] is the identity), in .idx order.
 
 insightface's MXFaceDataset decides between the two by `header.flag > 0` on
-record 0; an im2rec file whose first image has an array label would fool that
-test, so we also require the header record's payload to be empty.
+record 0 and then reads images 1..A-1 with each image's own label; an im2rec
+file whose first image has an array label would fool that test, so we also
+require the header record's payload to be empty. Identity records are optional
+(some converters write [A, num_classes] and none): without them the labels
+come from the image headers, one small read per image.
 """
 import os
-import warnings
 
 import numpy as np
 
@@ -81,56 +83,52 @@ class RecordDataset(FaceDataset):
 
     # -- layout detection and labels -------------------------------------------------
 
-    def _has(self, keys):
-        sk = self.rec.keys if self.rec._sorted else self.rec.keys[self.rec._order]
-        j = np.searchsorted(sk, keys)
-        j = np.minimum(j, len(sk) - 1) if len(sk) else j
-        ok = (sk[j] == keys) if len(sk) else np.zeros(len(keys), bool)
-        return ok
-
     def _scan(self):
-        if len(self.rec) == 0 or not self._has(np.array([0]))[0]:
+        if len(self.rec) == 0 or not self.rec.contains(np.array([0]))[0]:
             return self._scan_im2rec()
         header, payload = unpack(self.rec.read(0))
-        if not (header.flag >= 2 and len(payload) == 0):
+        if not (header.flag >= 1 and len(payload) == 0):
             return self._scan_im2rec()
-        a, b = (_as_int(float(v), "%s header record 0" % self.rec_path) for v in header.label[:2])
-        if not 1 <= a <= b:
-            raise ValueError("%s: header record 0 gives identity records [%d, %d), expected "
-                             "1 <= first <= end" % (self.rec_path, a, b))
+        a = _as_int(float(header.label[0]), "%s header record 0" % self.rec_path)
+        if a < 1:
+            raise ValueError("%s: header record 0 says the images are keys 1..%d"
+                             % (self.rec_path, a - 1))
         keys = np.arange(1, a, dtype=np.int64)
-        missing = np.flatnonzero(~self._has(np.arange(1, b, dtype=np.int64)))
+        missing = np.flatnonzero(~self.rec.contains(keys))
         if missing.size:
-            raise ValueError("%s: header record 0 promises keys 1..%d but key %d is not in %s"
-                             % (self.rec_path, b - 1, missing[0] + 1, self.rec.idx_path))
-        labels = self._labels_from_identities(a, b)
+            raise ValueError("%s: header record 0 promises image keys 1..%d but key %d is not "
+                             "in %s" % (self.rec_path, a - 1, keys[missing[0]], self.rec.idx_path))
+        # label[1] is the end of the identity records in insightface's own files; some
+        # converters store the class count there and write no identity records at all
+        labels = None
+        b = int(header.label[1]) if header.flag >= 2 and np.isfinite(header.label[1]) else 0
+        if b > a and self.rec.contains(np.arange(a, b, dtype=np.int64)).all():
+            labels = self._labels_from_identities(a, b)
         if labels is None:
-            warnings.warn("%s: identity records do not partition the images; reading every "
-                          "image header for its label" % self.rec_path)
-            labels = self._labels_from_headers(keys)
+            labels = self._labels_from_headers(keys)  # what MXFaceDataset trains on anyway
         return "insightface", keys, labels
 
     def _labels_from_identities(self, a, b):
-        """Labels from the identity ranges: B-A small reads instead of one per image."""
+        """Labels from the identity ranges: B-A small reads instead of one per image.
+
+        None when the ranges do not partition the images 1..A-1 in order, or
+        disagree with the labels of the first and last image of an identity.
+        """
         labels = np.empty(a - 1, dtype=np.int64)
         prev = 1
         for c, key in enumerate(range(a, b)):
             h = self.rec.read_header(key)
             if h.flag < 2:
                 return None
-            where = "%s identity record key %d" % (self.rec_path, key)
-            s, e = _as_int(float(h.label[0]), where), _as_int(float(h.label[1]), where)
-            if s != prev or e < s or e > a:
+            s, e = float(h.label[0]), float(h.label[1])
+            if s != prev or not s <= e <= a or e != int(e):
+                return None
+            s, e = int(s), int(e)
+            if e > s and {_label0(self.rec.read_header(k)) for k in {s, e - 1}} != {c}:
                 return None
             labels[s - 1:e - 1] = c
             prev = e
-        if prev != a:
-            return None
-        # ranges and image labels normally agree; check the ends of the file cheaply
-        for key in {1, a - 1} if a > 1 else ():
-            if _label0(self.rec.read_header(key)) != labels[key - 1]:
-                return None
-        return labels
+        return labels if prev == a else None
 
     def _labels_from_headers(self, keys):
         labels = np.empty(len(keys), dtype=np.int64)

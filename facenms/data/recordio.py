@@ -162,9 +162,16 @@ class RecordIO:
             raise ValueError("%s: record key %d has offset %d past the end of %s (%d bytes)"
                              % (self.idx_path, self.keys[i], self.offsets[i],
                                 self.rec_path, self.size))
-        # key -> row without a dict (42M keys would cost gigabytes): binary search
-        self._sorted = bool(np.all(self.keys[1:] > self.keys[:-1]))
-        self._order = None if self._sorted else np.argsort(self.keys, kind="stable")
+        # key -> offset without a dict (42M keys would cost gigabytes): binary search
+        if np.all(self.keys[1:] > self.keys[:-1]):
+            self._skeys, self._soffsets = self.keys, self.offsets
+        else:
+            order = np.argsort(self.keys, kind="stable")
+            self._skeys, self._soffsets = self.keys[order], self.offsets[order]
+            dup = np.flatnonzero(self._skeys[1:] == self._skeys[:-1])
+            if dup.size:
+                raise ValueError("%s: key %d appears more than once"
+                                 % (self.idx_path, self._skeys[dup[0]]))
         self._fh = None
         self._pid = None
 
@@ -177,11 +184,15 @@ class RecordIO:
         state["_pid"] = None
         return state
 
-    def _file(self):
+    def _fd(self):
         if self._fh is None or self._pid != os.getpid():
             self._fh = open(self.rec_path, "rb")
             self._pid = os.getpid()
-        return self._fh
+        return self._fh.fileno()
+
+    def _pread(self, n, pos):
+        # positioned reads: no shared file offset, so threads can share the handle
+        return os.pread(self._fd(), n, pos)
 
     def close(self):
         if self._fh is not None and self._pid == os.getpid():
@@ -189,14 +200,23 @@ class RecordIO:
         self._fh = None
 
     def offset(self, key):
-        sk = self.keys if self._sorted else self.keys[self._order]
-        j = int(np.searchsorted(sk, key))
-        if j >= len(sk) or sk[j] != key:
+        """Byte position of the record `key` in the .rec file."""
+        j = int(np.searchsorted(self._skeys, key))
+        if j >= len(self._skeys) or self._skeys[j] != key:
             raise KeyError("record key %r is not in %s" % (key, self.idx_path))
-        return int(self.offsets[j if self._sorted else self._order[j]])
+        return int(self._soffsets[j])
 
-    def _frame(self, f, key, pos):
-        head = f.read(_FRAME.size)
+    def contains(self, keys):
+        """Boolean array: which of `keys` the index has."""
+        keys = np.asarray(keys, dtype=np.int64)
+        if len(self._skeys) == 0:
+            return np.zeros(keys.shape, dtype=bool)
+        j = np.minimum(np.searchsorted(self._skeys, keys), len(self._skeys) - 1)
+        return self._skeys[j] == keys
+
+    def _frame(self, key, pos):
+        """(cflag, data, position of the next frame) of the frame at `pos`."""
+        head = self._pread(_FRAME.size, pos)
         if len(head) < _FRAME.size:
             raise ValueError("%s: truncated record key %d: frame header at byte %d cut short "
                              "(file is %d bytes)" % (self.rec_path, key, pos, self.size))
@@ -206,18 +226,16 @@ class RecordIO:
                              "- not a RecordIO file, or the .idx does not match it"
                              % (self.rec_path, magic, pos, key, MAGIC))
         length, cflag = lrec & _LEN_MASK, lrec >> 29
-        data = f.read(_pad(length))
+        data = self._pread(_pad(length), pos + _FRAME.size)
         if len(data) < _pad(length):
             raise ValueError("%s: truncated record key %d: frame at byte %d needs %d bytes, "
                              "only %d left" % (self.rec_path, key, pos, _pad(length), len(data)))
-        return cflag, data[:length]
+        return cflag, data[:length], pos + _FRAME.size + _pad(length)
 
     def read(self, key):
         """The record stored under `key` (split frames joined), as bytes."""
         pos = self.offset(key)
-        f = self._file()
-        f.seek(pos)
-        cflag, data = self._frame(f, key, pos)
+        cflag, data, nxt = self._frame(key, pos)
         if cflag == 0:
             return data
         if cflag != 1:
@@ -225,8 +243,8 @@ class RecordIO:
                              "(cflag %d)" % (self.rec_path, key, pos, cflag))
         parts = [data]
         while cflag != 3:
-            p = f.tell()
-            cflag, data = self._frame(f, key, p)
+            p = nxt
+            cflag, data, nxt = self._frame(key, p)
             if cflag not in (2, 3):
                 raise ValueError("%s: record key %d: split record broken at byte %d "
                                  "(cflag %d inside a split record)" % (self.rec_path, key, p, cflag))
@@ -236,14 +254,13 @@ class RecordIO:
     def read_header(self, key):
         """The IRHeader of a packed record, reading only its first bytes when it is not split."""
         pos = self.offset(key)
-        f = self._file()
-        f.seek(pos)
-        head = f.read(_FRAME.size + IR_SIZE)
+        head = self._pread(_FRAME.size + IR_SIZE, pos)
         if len(head) == _FRAME.size + IR_SIZE:
             magic, lrec = _FRAME.unpack_from(head)
             flag = _IR.unpack_from(head, _FRAME.size)[0]
             if magic == MAGIC and lrec >> 29 == 0 and (lrec & _LEN_MASK) >= IR_SIZE + 4 * flag:
-                return self._unpack_key(head[_FRAME.size:] + f.read(4 * flag), key)[0]
+                tail = self._pread(4 * flag, pos + len(head)) if flag else b""
+                return self._unpack_key(head[_FRAME.size:] + tail, key)[0]
         return self._unpack_key(self.read(key), key)[0]
 
     def _unpack_key(self, record, key):
