@@ -11,6 +11,7 @@ from facenms.models import HEADS, MODELS, get_head, get_model
 from facenms.proxy import (lr_factor, load_checkpoint, load_proxy, proxy_subset,
                            train_proxy)
 
+
 @pytest.fixture(scope="module", autouse=True)
 def _threads(one_thread):
     """Every test here, module fixtures included, runs on one thread."""
