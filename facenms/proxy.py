@@ -12,6 +12,7 @@ import math
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -151,7 +152,7 @@ def train_proxy(dataset, out_dir, *, subset="identities", fraction=0.1, seed=0,
     trains on its share (DistributedSampler) and rank 0 writes the checkpoint.
     With ``resume`` a finished checkpoint is returned as is and an unfinished
     one is continued from its last epoch. ``amp``: "bf16", "fp16" (with a
-    GradScaler on CUDA) or None."""
+    GradScaler) or None."""
     t0 = time.time()
     if schedule not in SCHEDULES:
         raise ValueError("schedule must be one of %s, got %r" % (SCHEDULES, schedule))
@@ -198,8 +199,8 @@ def _train(ds, labels, out_dir, config, d, batch_size, workers, resume, log_ever
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=config["lr"], momentum=config["momentum"],
                           weight_decay=config["weight_decay"])
-    fp16_cuda = config["amp"] == "fp16" and d.device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=fp16_cuda)
+    # fp16 gradients underflow without loss scaling; bf16 has float32's range
+    scaler = torch.amp.GradScaler(d.device.type, enabled=config["amp"] == "fp16")
     start, history = 0, []
     if ck is not None:
         backbone.load_state_dict(ck["backbone"])
@@ -259,7 +260,9 @@ def _train(ds, labels, out_dir, config, d, batch_size, workers, resume, log_ever
                 nn.utils.clip_grad_norm_(params, clip_grad)
             scaler.step(opt)
             scaler.update()
-            sched.step()
+            with warnings.catch_warnings():  # a step the scaler skipped (inf grads) is fine
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
+                sched.step()
             loss_sum += loss.detach().double()
             if bar is not None:
                 bar.update()

@@ -148,6 +148,14 @@ def test_resume_after_crash_matches_uninterrupted(tmp_path, capsys):
         train_proxy(ds, tmp_path / "crash", **dict(kw, seed=5))
 
 
+def test_fp16_with_grad_scaler_and_poly_schedule(tmp_path):
+    ds = tinyfaces.make(n_ids=4, per_id=8, size=32, seed=2)
+    ck = load_checkpoint(train_proxy(ds, tmp_path, subset="faces", fraction=1.0, epochs=2,
+                                     amp="fp16", schedule="poly", **TINY))
+    assert ck["scaler"]["scale"] > 0 and all(np.isfinite(h["loss"]) for h in ck["history"])
+    assert ck["history"][-1]["lr"] == pytest.approx(0.0, abs=1e-9)  # poly ends at 0
+
+
 def test_train_errors(tmp_path):
     ds = tinyfaces.make(n_ids=3, per_id=4, size=32)
     with pytest.raises(ValueError, match="not one full batch"):
