@@ -3,11 +3,12 @@
 
     extract("train.rec", "out/proxy/proxy.pt", "out/features.npy", flip=True)
 
-The model is a proxy checkpoint, a TorchScript file, an ONNX file (through
-onnxruntime) or an ``nn.Module``. Work is cut into fixed batches of the
-dataset in index order, [k*B, (k+1)*B); a batch's output bytes depend only on
-its faces, so the batches may run in any order, on any number of ranks, across
-any number of restarts, and the file comes out byte-identical. While running:
+The model is a proxy checkpoint, a TorchScript file, a ``torch.export`` program
+(``.pt2``), an ONNX file (through onnxruntime) or an ``nn.Module``. Work is
+cut into fixed batches of the dataset in index order, [k*B, (k+1)*B); a
+batch's output bytes depend only on its faces, so the batches may run in any
+order, on any number of ranks, across any number of restarts, and the file
+comes out byte-identical (on the same hardware and software). While running:
 
     features.npy.partial     the .npy being filled (valid header, N x d float16)
     features.npy.progress    one byte per batch, 1 once its rows are on disk
@@ -55,8 +56,10 @@ def _sha256_module(module):
 
 
 class _TorchModel:
-    def __init__(self, module, device, input_size, desc, fingerprint):
-        self.module = module.to(device).eval()
+    def __init__(self, module, device, input_size, desc, fingerprint, eval_mode=True):
+        self.module = module.to(device)
+        if eval_mode:  # an exported program is frozen in the mode it was exported in
+            self.module.eval()
         self.input_size = input_size
         self.desc = desc
         self.fingerprint = fingerprint
@@ -131,20 +134,29 @@ def _is_torchscript(path):
 
 def load_model(model, device="cpu"):
     """A callable (float NCHW -> float32 (N, d)) with .desc, .fingerprint,
-    .input_size, from a proxy checkpoint / TorchScript / ONNX path or an nn.Module."""
+    .input_size, from a path (proxy checkpoint, TorchScript, .pt2 exported
+    program, .onnx) or an nn.Module."""
     device = torch.device(device)
     if isinstance(model, nn.Module):
         return _TorchModel(model, device, getattr(model, "input_size", None),
                            "model %s" % type(model).__name__, _sha256_module(model))
     if not isinstance(model, (str, os.PathLike)):
-        raise TypeError("model must be a path (proxy checkpoint, TorchScript, .onnx) or an "
-                        "nn.Module, got %s" % type(model).__name__)
+        raise TypeError("model must be a path (proxy checkpoint, TorchScript, .pt2, .onnx) or "
+                        "an nn.Module, got %s" % type(model).__name__)
     path = os.fspath(model)
     if not os.path.isfile(path):
         raise FileNotFoundError("model file %s does not exist" % path)
     fp = _sha256_file(path)
     if path.lower().endswith(".onnx"):
         return _OnnxModel(path, device, fp)
+    if path.lower().endswith(".pt2"):
+        try:
+            module = torch.export.load(path).module()
+        except Exception as e:
+            raise ValueError("cannot load exported program %s (torch.export.save): %s"
+                             % (path, e)) from e
+        return _TorchModel(module, device, None, "exported program %s" % os.path.basename(path),
+                           fp, eval_mode=False)
     if _is_torchscript(path):
         try:
             module = torch.jit.load(path, map_location=device)
@@ -155,8 +167,9 @@ def load_model(model, device="cpu"):
     try:
         ck = load_checkpoint(path)
     except ValueError as e:
-        raise ValueError("%s is neither an ONNX file (.onnx), a TorchScript file nor a "
-                         "facenms proxy checkpoint (%s)" % (path, e)) from None
+        raise ValueError("%s is neither an ONNX file (.onnx), an exported program (.pt2), a "
+                         "TorchScript file nor a facenms proxy checkpoint (%s)"
+                         % (path, e)) from None
     return _TorchModel(load_proxy(path, device), device, ck["config"]["input_size"],
                        "proxy %s (%s)" % (os.path.basename(path), ck["config"]["backbone"]), fp)
 

@@ -95,6 +95,16 @@ def test_torchscript_input(ds, proxy_ckpt, tmp_path):
     assert _maxdiff(tmp_path / "ts.npy", _reference(ds, model)) < 2e-3
 
 
+def test_exported_program_input(ds, proxy_ckpt, tmp_path):
+    model = load_proxy(proxy_ckpt)
+    ep = torch.export.export(model, (torch.randn(2, 3, 32, 32),),
+                             dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}})
+    torch.export.save(ep, str(tmp_path / "model.pt2"))
+    extract(ds, tmp_path / "model.pt2", tmp_path / "e.npy", batch_size=BS, workers=0,
+            amp=None, progress=False)
+    assert _maxdiff(tmp_path / "e.npy", _reference(ds, model)) < 2e-3
+
+
 @pytest.mark.parametrize("fixed_batch", [False, True])
 def test_onnx_input(ds, proxy_ckpt, tmp_path, fixed_batch):
     pytest.importorskip("onnxruntime")
