@@ -372,6 +372,8 @@ def _run(ds, faces, labels, net, config, out_path, labels_path, d, workers, resu
     d.barrier()
 
     todo = np.flatnonzero(np.fromfile(p["progress"], np.uint8) == 0)
+    # every rank must split the same list: none may mark a batch done before all have read
+    d.barrier()
     mine = np.array_split(todo, d.world)[d.rank]  # a contiguous share of what is left
     was_done = n_batches - len(todo)
     out = _Rows(p["partial"], p["progress"])
