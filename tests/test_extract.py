@@ -193,7 +193,7 @@ def uninterrupted(tiny_npz, tmp_path_factory):
 def test_killed_extraction_resumes_byte_identical(tiny_npz, uninterrupted, tmp_path):
     out = tmp_path / "features.npy"
     progress = str(out) + ".progress"
-    child = subprocess.Popen(_worker(tiny_npz, out, "--delay", "0.15"), env=child_env(),
+    child = subprocess.Popen(_worker(tiny_npz, out, "--delay", "0.3"), env=child_env(),
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 90
