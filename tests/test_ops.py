@@ -104,3 +104,12 @@ def test_threads_do_not_change_the_answer():
     finally:
         torch.set_num_threads(prev)
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_every_half_value_converts_exactly(dtype):
+    # all 65536 bit patterns; prepare's norm of a 1-element row is |value| in float64
+    h = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(dtype)
+    h = h[torch.isfinite(h.float()) & (h.float() != 0)].reshape(-1, 1)
+    norms, _ = ops.prepare(h, torch.arange(len(h)), torch.tensor([0, len(h)]))
+    assert torch.equal(norms, h.double().abs().reshape(-1))

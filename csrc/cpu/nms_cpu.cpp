@@ -16,15 +16,7 @@
 
 #include "../checks.h"
 #include "../nms_common.h"
-
-// Hot loops are compiled for AVX-512, AVX2 and a baseline; the dynamic loader
-// picks the best the CPU has, so one build runs everywhere at full speed.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FACENMS_CLONES \
-  __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
-#else
-#define FACENMS_CLONES
-#endif
+#include "cpu_common.h"
 
 namespace facenms {
 namespace {
@@ -39,7 +31,7 @@ namespace {
       const T* src = base + rows[i] * ld;                                                        \
       float ss = 0.f;                                                                            \
       _Pragma("omp simd reduction(+ : ss)") for (int64_t k = 0; k < d; ++k) {                    \
-        const float v = static_cast<float>(src[k]);                                              \
+        const float v = to_float(src[k]);                                                         \
         dst[k] = v;                                                                              \
         ss += v * v;                                                                             \
       }                                                                                          \
@@ -55,8 +47,6 @@ FACENMS_LOAD_ROWS(at::BFloat16)
 
 // 16 floats; GCC maps it to one zmm, two ymm or four xmm registers per clone.
 typedef float v16 __attribute__((vector_size(64)));
-
-#define FACENMS_INLINE inline __attribute__((always_inline))
 
 FACENMS_INLINE v16 load16(const float* p) {
   v16 v;
