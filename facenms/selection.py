@@ -96,6 +96,8 @@ def _group(labels, n, device):
     if len(shape) != 1 or shape[0] != n:
         raise ValueError("labels must be 1-D with one label per face (%d), got shape %s"
                          % (n, shape))
+    if isinstance(lab, torch.Tensor) and lab.device.type == "cpu" and device.type == "cpu":
+        lab = lab.numpy()  # numpy's integer sorts are several times faster on the CPU
     if isinstance(lab, torch.Tensor):
         uniq, inverse, sizes = torch.unique(lab.to(device), sorted=True, return_inverse=True,
                                             return_counts=True)
@@ -104,7 +106,7 @@ def _group(labels, n, device):
         uniq, inverse, sizes = np.unique(lab, return_inverse=True, return_counts=True)
         inverse = torch.from_numpy(inverse.reshape(-1).astype(np.int64)).to(device)
         sizes = torch.from_numpy(sizes.astype(np.int64)).to(device)
-    order = torch.sort(inverse.long(), stable=True).indices
+    order = _stable_argsort(inverse.long())
     offsets = torch.zeros(len(uniq) + 1, dtype=torch.int64, device=device)
     torch.cumsum(sizes.long(), 0, out=offsets[1:])
     return uniq, order, offsets, sizes.long()
@@ -131,10 +133,17 @@ def _rank(x, order, offsets, sizes, rank, scores, seed):
         key = scores[order]
     # Stable sorts: by key descending, then by identity; within an identity,
     # rows start in ascending index order, so ties keep the smaller index first.
-    perm = torch.sort(key, descending=True, stable=True).indices
+    perm = _stable_argsort(-key)
     ident = torch.repeat_interleave(torch.arange(len(sizes), device=x.device), sizes)
-    perm = perm[torch.sort(ident[perm], stable=True).indices]
+    perm = perm[_stable_argsort(ident[perm])]
     return order[perm]
+
+
+def _stable_argsort(t):
+    """Ascending stable argsort; numpy's on the CPU (radix sort for integers)."""
+    if t.device.type == "cpu":
+        return torch.from_numpy(np.argsort(t.numpy(), kind="stable"))
+    return torch.sort(t, stable=True).indices
 
 
 # ------------------------------------------------------------ the passes ----
@@ -416,7 +425,9 @@ def select(features, labels, ratio=None, threshold=None, *, scores=None, rank=No
         run.close()
     timings["nms"] = time.perf_counter() - t2
 
-    result = torch.sort(order[keep_pos]).values
+    mask = torch.zeros(n, dtype=torch.bool, device=x.device)
+    mask[order[keep_pos]] = True
+    result = torch.nonzero(mask).reshape(-1)  # ascending, without a sort
     kept_per = torch.zeros(len(uniq), dtype=torch.int64, device=x.device)
     if n > 0:
         seg = torch.repeat_interleave(torch.arange(len(uniq), device=x.device), sizes)
