@@ -105,6 +105,33 @@ def cmd_demo(args):
         print("wrote %s" % args.out)
 
 
+def cmd_export(args):
+    from tqdm.auto import tqdm
+
+    from . import export
+    from .data import open_dataset
+    ds = open_dataset(args.dataset)
+    keep = _load_array(args.keep, "keep", mmap=False)
+    bar = (lambda it: tqdm(it, total=len(keep), unit="img", desc="export", leave=False)) \
+        if sys.stderr.isatty() else None
+    t = time.perf_counter()
+    try:
+        if args.format == "recordio":
+            out = export.write_recordio(args.out, ds, keep, layout=args.layout, progress=bar)
+            where = out["rec"]
+        elif args.format == "lst":
+            where = export.write_lst(args.out, ds, keep, progress=bar)
+        elif args.format == "folder":
+            where = export.write_imagefolder(args.out, ds, keep, mode=args.mode, progress=bar)
+        else:
+            where = export.save_indices(args.out, keep)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as e:
+        raise SystemExit("facenms export: %s" % e)
+    print("facenms export: %d of %d images (%.1f%%) as %s -> %s in %.1f s" % (
+        len(keep), len(ds), 100 * len(keep) / max(1, len(ds)), args.format, where,
+        time.perf_counter() - t))
+
+
 def cmd_info(args):
     import facenms
     for k, v in facenms.build_info().items():
@@ -132,6 +159,18 @@ def build_parser():
     d.add_argument("--check", action="store_true", help="verify a part with the reference")
     d.add_argument("--out", help="write the kept indices here")
     d.set_defaults(func=cmd_demo)
+
+    e = sub.add_parser("export", help="write the core set of a dataset")
+    e.add_argument("--dataset", required=True,
+                   help="image folder, or insightface RecordIO (train.rec or its folder)")
+    e.add_argument("--keep", required=True, help=".npy of kept indices (from select)")
+    e.add_argument("--format", choices=["recordio", "lst", "folder", "npy"], default="recordio")
+    e.add_argument("--layout", choices=["insightface", "im2rec"], default="insightface",
+                   help="RecordIO layout (insightface: header and identity records)")
+    e.add_argument("--mode", choices=["symlink", "copy"], default="symlink",
+                   help="image-folder export: link or copy the images")
+    e.add_argument("--out", required=True, help="output folder or file")
+    e.set_defaults(func=cmd_export)
 
     i = sub.add_parser("info", help="show how the kernels were built")
     i.set_defaults(func=cmd_info)
