@@ -32,7 +32,7 @@ class SelectionInfo:
     faces_per_identity: np.ndarray
     kept_per_identity: np.ndarray
     thresholds: Optional[np.ndarray] = None  # per identity, with per_identity=True
-    passes: int = 0  # NMS passes over the whole set
+    passes: int = 0  # NMS passes over the whole set (not counting the sample's)
     timings: Dict[str, float] = field(default_factory=dict)
 
     @property
@@ -335,17 +335,14 @@ def _validate(ratio, threshold, rank, scores, min_per_identity, per_identity):
     return rank
 
 
-def _to_family(result, like, device_given):
-    """Indices back in the caller's array family and device."""
-    if isinstance(like, np.ndarray) and not device_given:
-        return result.cpu().numpy()
-    if isinstance(like, torch.Tensor) or isinstance(like, np.ndarray):
+def _to_family(result, like):
+    """Indices back in the caller's array family (and, for tensors, device)."""
+    if isinstance(like, torch.Tensor):
         return result
-    module = type(like).__module__.split(".")[0]
-    if module == "cupy":
+    if type(like).__module__.split(".")[0] == "cupy":
         import cupy
         return cupy.from_dlpack(result)
-    return result
+    return result.cpu().numpy()  # numpy, memmaps, lists, and other DLPack producers
 
 
 def select(features, labels, ratio=None, threshold=None, *, scores=None, rank=None,
@@ -432,7 +429,7 @@ def select(features, labels, ratio=None, threshold=None, *, scores=None, rank=No
     if n > 0:
         seg = torch.repeat_interleave(torch.arange(len(uniq), device=x.device), sizes)
         kept_per.index_add_(0, seg, keep_pos.long())
-    out = _to_family(result, features, device is not None)
+    out = _to_family(result, features)
     timings["total"] = time.perf_counter() - t0
     if not return_info:
         return out
