@@ -132,6 +132,48 @@ def cmd_export(args):
         time.perf_counter() - t))
 
 
+def _kwargs(args, names):
+    """The given options among `names`, so the library's defaults stay the defaults."""
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def cmd_train_proxy(args):
+    from .proxy import train_proxy
+    kw = _kwargs(args, ["subset", "fraction", "seed", "backbone", "head", "embedding_size",
+                        "input_size", "epochs", "batch_size", "lr", "workers", "device"])
+    kw["amp"] = None if args.amp == "none" else args.amp
+    try:
+        path = train_proxy(args.dataset, args.out, resume=not args.no_resume, **kw)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        raise SystemExit("facenms train-proxy: %s" % e)
+    print("facenms train-proxy: checkpoint %s" % path)
+
+
+def cmd_extract(args):
+    from .extract import extract
+    kw = _kwargs(args, ["batch_size", "workers", "device", "input_size", "labels_path"])
+    kw["amp"] = None if args.amp == "none" else args.amp
+    try:
+        path = extract(args.dataset, args.model, args.out, flip=args.flip,
+                       resume=not args.no_resume, **kw)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        raise SystemExit("facenms extract: %s" % e)
+    print("facenms extract: features %s" % path)
+
+
+def cmd_run(args):
+    from .pipeline import STAGES, run
+    stages = args.stages.split(",") if args.stages else STAGES
+    bad = set(stages) - set(STAGES)
+    if bad:
+        raise SystemExit("facenms run: unknown stage(s) %s; stages are %s"
+                         % (", ".join(sorted(bad)), ",".join(STAGES)))
+    try:
+        run(args.config, stages=stages, progress=sys.stderr.isatty())
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
+        raise SystemExit("facenms run: %s" % e)
+
+
 def cmd_info(args):
     import facenms
     for k, v in facenms.build_info().items():
@@ -171,6 +213,46 @@ def build_parser():
                    help="image-folder export: link or copy the images")
     e.add_argument("--out", required=True, help="output folder or file")
     e.set_defaults(func=cmd_export)
+
+    t = sub.add_parser("train-proxy", help="train a small proxy model on a subset")
+    t.add_argument("--dataset", required=True, help="image folder or RecordIO")
+    t.add_argument("--out", required=True, help="folder for checkpoints (proxy.pt)")
+    t.add_argument("--subset", choices=["identities", "faces"])
+    t.add_argument("--fraction", type=float, help="fraction of identities/faces (default 0.1)")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--backbone", help="iresnet18, iresnet50, mobilefacenet, ...")
+    t.add_argument("--head", choices=["arcface", "cosface"])
+    t.add_argument("--embedding-size", type=int)
+    t.add_argument("--input-size", type=int)
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int, help="per process")
+    t.add_argument("--lr", type=float)
+    t.add_argument("--amp", choices=["bf16", "fp16", "none"], default="bf16")
+    t.add_argument("--workers", type=int)
+    t.add_argument("--device")
+    t.add_argument("--no-resume", action="store_true", help="start over")
+    t.set_defaults(func=cmd_train_proxy)
+
+    x = sub.add_parser("extract", help="embed every face into a float16 .npy")
+    x.add_argument("--dataset", required=True)
+    x.add_argument("--model", required=True,
+                   help="proxy checkpoint, TorchScript, torch.export (.pt2) or ONNX file")
+    x.add_argument("--out", required=True, help="features .npy (labels.npy is written beside)")
+    x.add_argument("--labels-path")
+    x.add_argument("--batch-size", type=int)
+    x.add_argument("--workers", type=int)
+    x.add_argument("--amp", choices=["bf16", "fp16", "none"], default="bf16")
+    x.add_argument("--flip", action="store_true", help="add the mirrored face's embedding")
+    x.add_argument("--input-size", type=int)
+    x.add_argument("--device")
+    x.add_argument("--no-resume", action="store_true")
+    x.set_defaults(func=cmd_extract)
+
+    r = sub.add_parser("run", help="run every stage from a TOML/YAML config")
+    r.add_argument("config")
+    r.add_argument("--stages", help="comma-separated subset of proxy,extract,select,export,"
+                                    "report")
+    r.set_defaults(func=cmd_run)
 
     i = sub.add_parser("info", help="show how the kernels were built")
     i.set_defaults(func=cmd_info)
