@@ -75,11 +75,52 @@ def _write_info(path, info):
     os.replace(tmp, path)
 
 
+DEMO_CONFIG = {  # small enough for a laptop CPU in about a minute
+    "proxy": dict(fraction=0.5, backbone="iresnet", model_kwargs=dict(layers=(1, 1, 1, 1),
+                  width=16), embedding_size=64, input_size=32, epochs=4, batch_size=32,
+                  lr=0.05, workers=0),
+    "extract": dict(batch_size=64, workers=0),
+    "select": dict(ratio=0.6),
+    "export": dict(format="recordio"),
+}
+
+
+def _demo_pipeline(work):
+    """The whole pipeline on a small generated RecordIO dataset."""
+    from .data import open_dataset, synthetic
+    from .pipeline import run
+    data = os.path.join(work, "data")
+    if not os.path.exists(os.path.join(data, "train.rec")):
+        synthetic.make_recordio(data, num_identities=40, images_per_identity=(6, 14), size=32)
+    print("facenms demo, part 1: the pipeline on a generated insightface RecordIO set in %s"
+          % data, flush=True)
+    cfg = dict(DEMO_CONFIG, data=dict(dataset=data, work_dir=os.path.join(work, "work")))
+    paths = run(cfg, progress=sys.stderr.isatty())
+    src, core = open_dataset(data), open_dataset(paths["export"])
+    keep = np.load(paths["keep"])
+    ok = len(core) == len(keep) and all(
+        core.read_bytes(j) == src.read_bytes(i) for j, i in enumerate(sorted(
+            keep, key=lambda i: (src.labels[i], i))))
+    print("  core set %s: %d of %d images, %d identities, images %s" % (
+        paths["export"], len(core), len(src), core.num_classes,
+        "identical to the source" if ok else "DIFFER FROM THE SOURCE"), flush=True)
+    if not ok:
+        raise SystemExit("facenms demo: the exported core set does not match its source")
+
+
 def cmd_demo(args):
+    import tempfile
+
     import facenms
     from facenms.synthetic import webface_like
-    print("facenms demo: generating %d WebFace-like faces (d=%d, power-law identity sizes, "
-          "near-duplicate bursts) ..." % (args.faces, args.dim), flush=True)
+    if not args.no_pipeline:
+        if args.work_dir:
+            _demo_pipeline(args.work_dir)
+        else:
+            with tempfile.TemporaryDirectory(prefix="facenms-demo-") as work:
+                _demo_pipeline(work)
+    print("facenms demo, part 2: %d WebFace-like face embeddings (d=%d, power-law identity "
+          "sizes, near-duplicate bursts) ..." % (args.faces, args.dim), flush=True)
     t = time.perf_counter()
     feats, labels = webface_like(args.faces, dim=args.dim, seed=args.seed)
     print("  generated in %.1f s: %d identities, mean %.1f faces, largest %d" % (
@@ -193,13 +234,17 @@ def build_parser():
     s.add_argument("--info", help="also write a JSON summary here")
     s.set_defaults(func=cmd_select)
 
-    d = sub.add_parser("demo", help="select 60%% of a built-in WebFace-like synthetic set")
+    d = sub.add_parser("demo", help="the whole pipeline on generated images, then 60%% of 200k "
+                                     "WebFace-like embeddings")
     d.add_argument("--faces", type=int, default=200_000)
     d.add_argument("--dim", type=int, default=512)
     d.add_argument("--ratio", type=float, default=0.6)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--check", action="store_true", help="verify a part with the reference")
     d.add_argument("--out", help="write the kept indices here")
+    d.add_argument("--no-pipeline", action="store_true",
+                   help="skip part 1 (proxy training, extraction, export on generated images)")
+    d.add_argument("--work-dir", help="keep part 1's files here (default: a temporary folder)")
     d.set_defaults(func=cmd_demo)
 
     e = sub.add_parser("export", help="write the core set of a dataset")

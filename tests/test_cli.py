@@ -60,7 +60,7 @@ def test_select_bad_input_is_a_clear_error_and_writes_nothing(files, tmp_path):
 
 
 def test_demo_runs_small():
-    out = run("demo", "--faces", 5000, "--dim", 64, "--check")
+    out = run("demo", "--faces", 5000, "--dim", 64, "--check", "--no-pipeline")
     assert "kept 3000 (60.00%)" in out and "valid" in out
 
 
