@@ -74,7 +74,6 @@ class _Prepared:
     def __init__(self, features, labels, rank, device, seed=0, scores=None):
         self.t0 = time.perf_counter()
         self.features = features
-        self.device_given = device is not None
         x = _check_features(as_tensor(features, "features"))
         if device is not None:
             x = x.to(device)
@@ -96,7 +95,7 @@ class _Prepared:
     def finish(self, keep_pos, param, target_ratio, passes=1, return_info=False):
         """keep_pos (bool per rank position) -> indices in the caller's family."""
         result = torch.sort(self.order[keep_pos]).values
-        out = _to_family(result, self.features, self.device_given)
+        out = _to_family(result, self.features)
         if not return_info:
             return out
         kept_per = torch.zeros(len(self.uniq), dtype=torch.int64, device=self.x.device)

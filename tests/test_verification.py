@@ -52,16 +52,16 @@ def test_bin_errors(tmp_path):
 def test_tar_at_far_matches_gaussians():
     from scipy.stats import norm
     rng = np.random.default_rng(0)
-    pos, neg = rng.normal(2.5, 1, 20000), rng.normal(0, 1, 400000)
+    pos, neg = rng.normal(2.5, 1, 10000), rng.normal(0, 1, 200000)
     s = np.concatenate([pos, neg])
     y = np.concatenate([np.ones(len(pos), bool), np.zeros(len(neg), bool)])
     perm = rng.permutation(len(s))
     r = evaluate(s[perm], y[perm])
     for far in (1e-3, 1e-4):
         expect = 1 - norm.cdf(norm.ppf(1 - far) - 2.5)
-        assert r.tar[far] == pytest.approx(expect, abs=0.015)
+        assert r.tar[far] == pytest.approx(expect, abs=0.02)
         assert r.far[far] == pytest.approx(far, rel=0.35)
-    assert r.n_pos == 20000 and r.n_neg == 400000
+    assert r.n_pos == 10000 and r.n_neg == 200000
     assert np.all(np.diff(r.fpr) >= 0) and np.all(np.diff(r.tpr) >= -1e-12)
 
 

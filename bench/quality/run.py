@@ -62,7 +62,7 @@ def real_task(args):
     images, issame = load_bin(args.pairs, image_size=tuple(args.image_size))
     x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
     pairs = np.arange(len(images)).reshape(-1, 2)
-    return Task(ImageSource(ds, args.image_size, args.workers), ds.labels, x, pairs, issame,
+    return Task(ImageSource(ds, args.image_size, args.workers, args.backbone), ds.labels, x, pairs, issame,
                 "%s: %d faces of %d identities; %s: %d pairs" % (
                     args.data, len(ds), ds.num_classes, args.pairs, len(issame)))
 
@@ -202,7 +202,7 @@ def plot(table, path_png, title):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     full = next(e for e in table if e["method"] == "full")
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4.4))
     for ax, key, lab in ((axes[0], "tar_0.001", "TAR@FAR=1e-3 (%)"),
                          (axes[1], "tar_0.0001", "TAR@FAR=1e-4 (%)")):
         ax.axhline(full[key][0], color="k", ls="--", lw=1, label="full data")
@@ -217,7 +217,18 @@ def plot(table, path_png, title):
         ax.set_ylabel(lab)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    ax = axes[2]
+    ax = axes[2]  # paired: the same seed's world and initialisation as its full-data model
+    ax.axhline(0, color="k", ls="--", lw=1)
+    for m in METHODS:
+        es = [e for e in table if e["method"] == m]
+        if es:
+            ax.errorbar([e["ratio"] for e in es], [e["delta_0.0001"][0] for e in es],
+                        yerr=[e["delta_0.0001"][1] / np.sqrt(e["n"]) for e in es], marker="o",
+                        capsize=3, label=m, lw=2.5 if m == "facenms" else 1.2)
+    ax.set_xlabel("core-set ratio")
+    ax.set_ylabel("TAR@FAR=1e-4 minus full data (points)\nmean ± standard error, paired by seed")
+    ax.grid(alpha=0.3)
+    ax = axes[3]
     for m in METHODS:
         es = [e for e in table if e["method"] == m]
         if es:
@@ -255,6 +266,9 @@ def main(argv=None):
     p.add_argument("--pairs", help="an insightface verification .bin (with --data)")
     p.add_argument("--image-size", type=int, nargs=2, default=[112, 112])
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--backbone", default="small-cnn",
+                   help="with --data: small-cnn, or a facenms.models backbone (mobilefacenet, "
+                        "iresnet18, ...)")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     p.add_argument("--render", nargs="+", metavar="JSON",
                    help="only redraw results.md/.png from the results.json of earlier runs "

@@ -3,7 +3,7 @@
 The same loop trains the proxy and every final model: SGD with momentum,
 linear warm-up then cosine decay over a fixed number of epochs (so a core set
 of 60% gets 60% of the steps: the compute saving being measured), CosFace or
-ArcFace logits, cross-entropy.
+ArcFace logits (facenms.models heads), cross-entropy.
 """
 import math
 import time
@@ -13,28 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-class MarginHead(nn.Module):
-    """Cosine logits against normalised class weights with a margin on the target:
-    CosFace subtracts m from the cosine, ArcFace adds m to the angle."""
-
-    def __init__(self, dim, num_classes, kind="cosface", scale=32.0, margin=0.3):
-        super().__init__()
-        if kind not in ("cosface", "arcface"):
-            raise ValueError("head must be cosface or arcface, got %r" % (kind,))
-        self.kind, self.scale, self.margin = kind, float(scale), float(margin)
-        self.weight = nn.Parameter(torch.randn(num_classes, dim) * 0.01)
-
-    def forward(self, emb, labels):
-        cos = F.linear(F.normalize(emb), F.normalize(self.weight)).clamp(-1, 1)
-        t = cos.gather(1, labels[:, None])
-        if self.kind == "cosface":
-            new = t - self.margin
-        else:  # cos(theta + m), continued linearly past theta = pi - m to stay monotone
-            theta = torch.acos(t.clamp(-1 + 1e-6, 1 - 1e-6))
-            new = torch.where(theta < math.pi - self.margin, torch.cos(theta + self.margin),
-                              t - self.margin * math.sin(self.margin))
-        return cos.scatter(1, labels[:, None], new) * self.scale
+from facenms.models import get_head, get_model
 
 
 class MLPNet(nn.Module):
@@ -90,14 +69,35 @@ class ArraySource:
             yield self.x[b], b
 
 
-class ImageSource:
-    """Training inputs from a facenms.data FaceDataset, resized, via a DataLoader."""
+class _Scaled(nn.Module):
+    """uint8 images -> [-1, 1] floats, the input facenms.models backbones expect."""
 
-    def __init__(self, dataset, image_size=(112, 112), workers=2):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        if x.dtype == torch.uint8:
+            x = (x.float() - 127.5) / 128.0
+        return self.net(x)
+
+
+class ImageSource:
+    """Training inputs from a facenms.data FaceDataset, resized, via a DataLoader.
+
+    backbone: "small-cnn" (cheap, any image size) or a facenms.models name
+    such as "mobilefacenet" or "iresnet18" (for a GPU and 112 x 112 faces).
+    """
+
+    def __init__(self, dataset, image_size=(112, 112), workers=2, backbone="small-cnn"):
         self.ds, self.size, self.workers = dataset, tuple(image_size), workers
+        self.backbone = backbone
 
     def new_model(self, emb_dim):
-        return SmallCNN(emb_dim)
+        if self.backbone == "small-cnn":
+            return SmallCNN(emb_dim)
+        return _Scaled(get_model(self.backbone, embedding_size=emb_dim,
+                                 input_size=self.size[0]))
 
     def _load(self, i):
         img, _ = self.ds[int(i)]
@@ -142,7 +142,7 @@ def train(source, labels, idx, num_classes, *, epochs, seed, emb_dim=64, batch_s
     """
     torch.manual_seed(seed)
     model = source.new_model(emb_dim)
-    head = MarginHead(emb_dim, num_classes, head, scale, margin)
+    head = get_head(head, emb_dim, num_classes, scale=scale, margin=margin)
     gen = torch.Generator().manual_seed(seed)
     y_all = torch.as_tensor(np.asarray(labels, dtype=np.int64))
     steps_per_epoch = max(1, math.ceil(len(idx) / batch_size))
