@@ -197,6 +197,27 @@ def markdown(table, header):
     return "\n".join(lines) + "\n"
 
 
+def paired_markdown(rows, far=1e-4):
+    """Face-NMS minus each other model, same seed (same world and initialisation)."""
+    by = {(r["method"], r["ratio"], r["seed"]): 100 * r["tar"][far] for r in rows}
+    ratios = sorted({r["ratio"] for r in rows if r["method"] == "facenms"})
+    others = ["full"] + [m for m in METHODS[1:] if any(k[0] == m for k in by)]
+    lines = ["Face-NMS minus each model at TAR@FAR=%g, paired by seed: mean ± standard error "
+             "(wins / seeds)." % far, "",
+             "| ratio | " + " | ".join("vs " + m for m in others) + " |",
+             "|---|" + "---|" * len(others)]
+    for ratio in ratios:
+        cells = []
+        for m in others:
+            d = np.array([v - by[(m, 1.0 if m == "full" else ratio, k[2])]
+                          for k, v in by.items() if k[:2] == ("facenms", ratio)
+                          and (m, 1.0 if m == "full" else ratio, k[2]) in by])
+            se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else 0.0
+            cells.append("%+.2f ± %.2f (%d/%d)" % (d.mean(), se, (d > 0).sum(), len(d)))
+        lines.append("| %.1f | %s |" % (ratio, " | ".join(cells)))
+    return "\n".join(lines) + "\n"
+
+
 def plot(table, path_png, title):
     import matplotlib
     matplotlib.use("Agg")
@@ -322,6 +343,8 @@ def _write_tables(rows, docs, out_dir, log=print):
                  len(seeds), seeds, a["epochs"], a["head"], a["threads"],
                  " + ".join("%.0f s" % d["total_s"] for d in docs)))
     md = markdown(table, header)
+    if any(r["method"] == "facenms" for r in rows):
+        md += "\n" + paired_markdown(rows)
     with AtomicFiles() as out:
         with out.open(os.path.join(out_dir, "results.md"), "w") as f:
             f.write(md)
