@@ -85,9 +85,14 @@ def verify(model, task):
     return evaluate(scores, task.issame, fars=FARS)
 
 
+THRESHOLDS = {}  # Face-NMS's threshold per (seed, ratio), for the report
+
+
 def select(method, feats, labels, ratio, seed):
     if method == "facenms":
-        return facenms.select(feats, labels, ratio=ratio)
+        keep, info = facenms.select(feats, labels, ratio=ratio, return_info=True)
+        THRESHOLDS[(seed, ratio)] = info.threshold
+        return keep
     if method == "random":
         return baselines.random_subset(feats, labels, ratio=ratio, seed=seed)
     return baselines.METHODS[method](feats, labels, ratio=ratio)
@@ -321,7 +326,8 @@ def main(argv=None):
             evals = {"%s %.1f" % (x["method"], x["ratio"]): x for x in r
                      if x["ratio"] in (1.0, 0.6) and x["method"] in ("full", "facenms", "random")}
             write_report(os.path.join(args.out, "report"), feats, task.labels,
-                         kept[("facenms", 0.6)], eval_results=evals)
+                         kept[("facenms", 0.6)], threshold=THRESHOLDS.get((seed, 0.6)),
+                         eval_results=evals)
     cmd = ("python bench/quality/run.py " + " ".join(
         sys.argv[1:] if argv is None else argv)).strip()
     doc = {"command": cmd, "args": vars(args), "total_s": time.perf_counter() - t_all,
