@@ -1,0 +1,400 @@
+// facenms::nms on CUDA. No similarity matrix is ever written as floats:
+//
+//  1. row_inv_kernel: 1/||x|| of every face (float64 sum, as on the CPU).
+//  2. Identities of <= kWarpMax faces (the vast majority): one warp each,
+//     fused. The warp stages its rows in shared memory a chunk of columns at
+//     a time, builds the n x n similarities in registers, parks them in
+//     shared memory and walks them greedily, one face per step, all 64
+//     threshold lanes at once (a uint64 per face). min_keep and the counts
+//     are warp ballots. Warps take identities largest first, round robin.
+//  3. Larger identities: tile_kernel computes kTile x kTile similarity tiles
+//     (suppressor block kb <= candidate block mb) and stores, per pair, one
+//     byte: how many thresholds lie below the similarity. walk_kernel then
+//     walks each identity on the device, one block per identity: when face i
+//     is kept (in some lane), every later face m ORs `lanes(i) & below(i, m)`
+//     into its suppressed set, reading row i of the byte mask (coalesced).
+//     That is torchvision's NMS scheme with 64 lanes instead of one.
+//
+// The schedule (identities by size, tiles, mask slots) comes from make_plan,
+// shared with the CPU build so it is tested there.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "../checks.h"
+#include "../nms_common.h"
+#include "../nms_plan.h"
+#include "cuda_common.cuh"
+
+namespace facenms {
+namespace {
+
+using cuda::kFullMask;
+using cuda::to_float;
+using u64 = unsigned long long;  // the type shuffles and atomics take
+
+// ---------------------------------------------------------------- norms ----
+
+// inv[p] = 1 / ||x[order[p]]|| as the CPU computes it: float elements,
+// float64 sum of squares, rounded to float; 0 for a zero or non-finite row.
+template <typename scalar_t>
+__global__ void row_inv_kernel(const scalar_t* __restrict__ x, int64_t ld, int64_t d,
+                               const int64_t* __restrict__ order, int64_t n,
+                               float* __restrict__ inv) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = (int64_t)gridDim.x * (blockDim.x >> 5);
+  for (int64_t p = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); p < n;
+       p += warps) {
+    const scalar_t* row = x + order[p] * ld;
+    double ss = 0;
+    for (int64_t k = lane; k < d; k += 32) {
+      const double v = to_float(row[k]);
+      ss += v * v;
+    }
+    ss = cuda::warp_sum(ss);
+    if (lane == 0) inv[p] = ss > 0 ? static_cast<float>(1.0 / sqrt(ss)) : 0.f;
+  }
+}
+
+// ------------------------------------------------- small identities ----
+
+constexpr int kSmallWarps = 4;  // warps per block, each on its own identity
+constexpr int kCols = 32;       // columns staged per step
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kSmallWarps * 32)
+    small_kernel(const scalar_t* __restrict__ x, int64_t ld, int64_t d,
+                 const int64_t* __restrict__ order, const int64_t* __restrict__ offsets,
+                 const int64_t* __restrict__ sched, int64_t s_begin, int64_t s_end,
+                 const float* __restrict__ inv, const double* __restrict__ thr, bool per_ident,
+                 int lanes, int64_t min_keep_arg, int64_t* __restrict__ bits,
+                 int64_t* __restrict__ counts) {
+  // y: unit rows, a chunk of columns; afterwards reused for the similarities.
+  __shared__ float s_y[kSmallWarps][kWarpMax][kCols + 1];
+  __shared__ double s_thr[kSmallWarps][kMaxLanes];
+  const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  float(*y)[kCols + 1] = s_y[w];
+  double* sthr = s_thr[w];
+  const uint64_t all = all_lanes(lanes);
+  u64 cnt_lo = 0, cnt_hi = 0;  // totals of lanes `lane` and `lane + 32`
+
+  const int64_t nw = (int64_t)gridDim.x * kSmallWarps;
+  for (int64_t s = s_begin + (int64_t)blockIdx.x * kSmallWarps + w; s < s_end; s += nw) {
+    const int64_t c = sched[s], a = offsets[c];
+    const int n = (int)(offsets[c + 1] - a);  // 0 <= n <= kWarpMax
+    if (n == 0) continue;
+    __syncwarp();
+    const double* t = per_ident ? thr + c * lanes : thr;
+    for (int j = lane; j < lanes; j += 32) sthr[j] = t[j];
+    const int64_t my_row = lane < n ? order[a + lane] : 0;
+    const float my_inv = lane < n ? inv[a + lane] : 0.f;
+
+    // acc[k] = <y_lane, y_k>, built a chunk of columns at a time.
+    float acc[kWarpMax];
+#pragma unroll
+    for (int k = 0; k < kWarpMax; ++k) acc[k] = 0.f;
+    for (int64_t c0 = 0; c0 < d; c0 += kCols) {
+      const int64_t col = c0 + lane;
+      __syncwarp();
+#pragma unroll 4
+      for (int r = 0; r < n; ++r) {
+        const int64_t row = __shfl_sync(kFullMask, my_row, r);
+        const float ir = __shfl_sync(kFullMask, my_inv, r);
+        y[r][lane] = col < d ? to_float(x[row * ld + col]) * ir : 0.f;
+      }
+      __syncwarp();
+      const int cw = d - c0 < kCols ? (int)(d - c0) : kCols;
+      for (int cc = 0; cc < cw; ++cc) {
+        const float v = y[lane][cc];
+#pragma unroll
+        for (int g = 0; g < kWarpMax; g += 8) {
+          if (g < n) {
+#pragma unroll
+            for (int k = g; k < g + 8; ++k) acc[k] = fmaf(v, y[k][cc], acc[k]);
+          }
+        }
+      }
+    }
+    __syncwarp();
+#pragma unroll
+    for (int k = 0; k < kWarpMax; ++k) y[lane][k] = acc[k];  // y[m][i] = sim(m, i)
+    __syncwarp();
+
+    // Greedy walk: step i publishes face i's lanes; later faces take them.
+    uint64_t supp = 0;
+    for (int i = 0; i < n; ++i) {
+      const uint64_t bi = all & ~(uint64_t)__shfl_sync(kFullMask, (u64)supp, i);
+      if (bi == 0) continue;  // suppressed everywhere: suppresses nothing
+      if (lane > i && lane < n) supp |= bi & lanes_below(sthr, lanes, (double)y[lane][i]);
+    }
+    uint64_t b = lane < n ? all & ~supp : 0;
+
+    // min_keep: a short lane takes back its best-ranked suppressed faces.
+    const int64_t need = min_keep(min_keep_arg, n);
+    for (int j = 0; j < lanes; ++j) {
+      const bool on = (b >> j) & 1;
+      int cnt = __popc(__ballot_sync(kFullMask, on));
+      if (cnt < need) {
+        const unsigned miss = __ballot_sync(kFullMask, lane < n && !on);
+        const int before = __popc(miss & ((1u << lane) - 1u));
+        if (lane < n && !on && before < need - cnt) b |= uint64_t(1) << j;
+        cnt = (int)need;
+      }
+      if (per_ident) {
+        if (lane == 0) counts[c * lanes + j] = cnt;
+      } else if (lane == (j & 31)) {
+        if (j < 32) cnt_lo += cnt; else cnt_hi += cnt;
+      }
+    }
+    if (lane < n) bits[a + lane] = (int64_t)b;
+  }
+  if (!per_ident) {
+    if (lane < lanes && cnt_lo) atomicAdd(reinterpret_cast<u64*>(counts) + lane, cnt_lo);
+    if (lane + 32 < lanes && cnt_hi)
+      atomicAdd(reinterpret_cast<u64*>(counts) + lane + 32, cnt_hi);
+  }
+}
+
+// ------------------------------------------------- large identities ----
+
+constexpr int kTileThreads = 128;
+
+// One kTile x kTile tile per step: suppressors k of block kb against
+// candidates m of block mb; mask[k][m] = thresholds below sim(k, m), k < m.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kTileThreads)
+    tile_kernel(const scalar_t* __restrict__ x, int64_t ld, int64_t d,
+                const int64_t* __restrict__ order, const int64_t* __restrict__ offsets,
+                const int64_t* __restrict__ sched, const int64_t* __restrict__ sizes,
+                const int64_t* __restrict__ tile_cum, const int64_t* __restrict__ mask_base,
+                int64_t n_large, int64_t n_tiles, const float* __restrict__ inv,
+                const double* __restrict__ thr, bool per_ident, int lanes,
+                uint8_t* __restrict__ mask) {
+  __shared__ float s_a[kTile][kCols + 1], s_b[kTile][kCols + 1];
+  __shared__ int64_t s_row[2][kTile];
+  __shared__ float s_inv[2][kTile];
+  __shared__ double s_thr[kMaxLanes];
+  const int tid = threadIdx.x, ty = tid >> 3, tx = tid & 7;  // 4 rows x 8 columns each
+
+  for (int64_t t = blockIdx.x; t < n_tiles; t += gridDim.x) {
+    const int64_t s = upper_bound(tile_cum, n_large, t);
+    const int64_t c = sched[s], n = sizes[s], a = offsets[c];
+    int64_t kb, mb;
+    tile_decode(t - (s ? tile_cum[s - 1] : 0), &kb, &mb);
+    __syncthreads();  // the previous tile is done with shared memory
+    {
+      const int h = tid / kTile, r = tid % kTile;  // h = 0: block kb, 1: block mb
+      const int64_t f = (h ? mb : kb) * kTile + r;
+      s_row[h][r] = f < n ? order[a + f] : -1;
+      s_inv[h][r] = f < n ? inv[a + f] : 0.f;
+    }
+    const double* tt = per_ident ? thr + c * lanes : thr;
+    for (int j = tid; j < lanes; j += kTileThreads) s_thr[j] = tt[j];
+    __syncthreads();
+
+    float acc[4][8];
+#pragma unroll
+    for (int r = 0; r < 4; ++r)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) acc[r][j] = 0.f;
+    for (int64_t c0 = 0; c0 < d; c0 += kCols) {
+#pragma unroll 4
+      for (int q = 0; q < 2 * kTile * kCols / kTileThreads; ++q) {
+        const int e = tid + q * kTileThreads;
+        const int h = e / (kTile * kCols), r = (e / kCols) % kTile, col = e % kCols;
+        const int64_t row = s_row[h][r];
+        const float v = (row >= 0 && c0 + col < d)
+                            ? to_float(x[row * ld + c0 + col]) * s_inv[h][r] : 0.f;
+        (h ? s_b : s_a)[r][col] = v;
+      }
+      __syncthreads();
+#pragma unroll 8
+      for (int cc = 0; cc < kCols; ++cc) {
+        float av[4], bv[8];
+#pragma unroll
+        for (int r = 0; r < 4; ++r) av[r] = s_a[ty * 4 + r][cc];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) bv[j] = s_b[tx + 8 * j][cc];
+#pragma unroll
+        for (int r = 0; r < 4; ++r)
+#pragma unroll
+          for (int j = 0; j < 8; ++j) acc[r][j] = fmaf(av[r], bv[j], acc[r][j]);
+      }
+      __syncthreads();
+    }
+    const int64_t side = mask_side(n);
+    uint8_t* out = mask + mask_base[s];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int64_t k = kb * kTile + ty * 4 + r;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int64_t m = mb * kTile + tx + 8 * j;
+        if (k < m && m < n)
+          out[k * side + m] = (uint8_t)count_below(s_thr, lanes, (double)acc[r][j]);
+      }
+    }
+  }
+}
+
+constexpr int kWalkThreads = 256;
+constexpr int64_t kWalkSmemFaces = 6144;  // 48 KiB of suppressed sets
+
+// One block per large identity: the greedy walk over its byte mask.
+__global__ void __launch_bounds__(kWalkThreads)
+    walk_kernel(const int64_t* __restrict__ offsets, const int64_t* __restrict__ sched,
+                const int64_t* __restrict__ sizes, const int64_t* __restrict__ mask_base,
+                int64_t n_large, const uint8_t* __restrict__ mask, bool per_ident, int lanes,
+                int64_t min_keep_arg, int64_t smem_faces, int64_t* __restrict__ bits,
+                int64_t* __restrict__ counts) {
+  extern __shared__ uint64_t s_supp[];
+  __shared__ unsigned long long s_cnt[kMaxLanes];
+  __shared__ int s_short;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const uint64_t all = all_lanes(lanes);
+
+  for (int64_t s = blockIdx.x; s < n_large; s += gridDim.x) {
+    const int64_t c = sched[s], n = sizes[s], a = offsets[c], side = mask_side(n);
+    const uint8_t* P = mask + mask_base[s];
+    uint64_t* out = reinterpret_cast<uint64_t*>(bits + a);
+    // Suppressed sets live in shared memory, or for huge identities in the
+    // output itself (each thread touches its own faces between barriers).
+    uint64_t* supp = n <= smem_faces ? s_supp : out;
+    __syncthreads();
+    for (int64_t m = tid; m < n; m += kWalkThreads) supp[m] = 0;
+    for (int j = tid; j < kMaxLanes; j += kWalkThreads) s_cnt[j] = 0;
+    __syncthreads();
+    for (int64_t i = 0; i < n; ++i) {
+      const uint64_t b = all & ~supp[i];  // final: every earlier face has pushed
+      if (b == 0) continue;               // same value in every thread
+      const uint8_t* row = P + i * side;
+      for (int64_t m = i + 1 + tid; m < n; m += kWalkThreads) {
+        const int p = row[m];
+        if (p) supp[m] |= b & prefix_mask(p);
+      }
+      __syncthreads();
+    }
+    __syncthreads();
+    // Kept sets and per-lane counts (one ballot per lane and 32 faces).
+    for (int64_t m0 = (int64_t)warp * 32; m0 < n; m0 += kWalkThreads) {
+      const int64_t m = m0 + lane;
+      const uint64_t b = m < n ? all & ~supp[m] : 0;
+      if (m < n) out[m] = b;
+      for (int j = 0; j < lanes; ++j) {
+        const unsigned bal = __ballot_sync(kFullMask, (b >> j) & 1);
+        if (lane == 0 && bal) atomicAdd(&s_cnt[j], (unsigned long long)__popc(bal));
+      }
+    }
+    __syncthreads();
+    const int64_t need = min_keep(min_keep_arg, n);
+    if (tid == 0) {
+      s_short = 0;
+      for (int j = 0; j < lanes; ++j) s_short |= (int64_t)s_cnt[j] < need;
+      if (s_short) {  // rare (min_keep > 1): one thread, in rank order
+        int64_t cnt[kMaxLanes];
+        for (int j = 0; j < lanes; ++j) cnt[j] = (int64_t)s_cnt[j];
+        fill_short_lanes(out, n, lanes, need, cnt);
+        for (int j = 0; j < lanes; ++j) s_cnt[j] = (unsigned long long)cnt[j];
+      }
+    }
+    __syncthreads();
+    for (int j = tid; j < lanes; j += kWalkThreads) {
+      if (per_ident) counts[c * lanes + j] = (int64_t)s_cnt[j];
+      else atomicAdd(reinterpret_cast<u64*>(counts) + j, (u64)s_cnt[j]);
+    }
+  }
+}
+
+// ------------------------------------------------------------------ op ----
+
+int sm_count() { return cuda::sm_count(); }
+
+unsigned grid_for(int64_t work, int64_t per_block, int64_t cap) {
+  return (unsigned)std::max<int64_t>(1, std::min<int64_t>((work + per_block - 1) / per_block, cap));
+}
+
+std::tuple<at::Tensor, at::Tensor> nms_cuda(const at::Tensor& x, const at::Tensor& order,
+                                            const at::Tensor& offsets,
+                                            const at::Tensor& thresholds, int64_t min_per_identity) {
+  check_inputs(x, order, offsets, "nms");
+  TORCH_CHECK(x.is_cuda(), "nms: expected CUDA tensors, got ", x.device());
+  const int64_t n_ident = offsets.numel() - 1;
+  TORCH_CHECK(thresholds.scalar_type() == at::kDouble && thresholds.is_contiguous() &&
+                  thresholds.device() == x.device(),
+              "nms: expected thresholds as a contiguous float64 tensor on ", x.device(), ", got ",
+              thresholds.scalar_type(), " on ", thresholds.device());
+  const bool per_ident = thresholds.dim() == 2;
+  TORCH_CHECK(thresholds.dim() == 1 || (per_ident && thresholds.size(0) == n_ident),
+              "nms: expected thresholds of shape (T,) or (C, T) with C = ", n_ident,
+              " identities, got ", thresholds.sizes());
+  const int lanes = (int)thresholds.size(-1);
+  TORCH_CHECK(lanes >= 1 && lanes <= kMaxLanes, "nms: expected 1 to ", kMaxLanes,
+              " thresholds per pass, got ", lanes);
+  TORCH_CHECK(min_per_identity >= 0, "nms: min_keep must be >= 0, got ", min_per_identity);
+  c10::cuda::CUDAGuard guard(x.device());
+  if (lanes > 1 && thresholds.numel() > 0)
+    TORCH_CHECK(at::all(thresholds.narrow(-1, 1, lanes - 1) >=
+                        thresholds.narrow(-1, 0, lanes - 1)).item<bool>(),
+                "nms: thresholds must be ascending in every row");
+
+  auto bits = at::zeros({order.numel()}, order.options());
+  auto counts = at::zeros(thresholds.sizes(), order.options());
+  const int64_t n = order.numel();
+  if (n_ident == 0 || n == 0) return {bits, counts};
+
+  const NmsPlan plan = make_plan(offsets);
+  const int64_t d = x.size(1), ld = x.stride(0);
+  const int sms = sm_count();
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  auto inv = at::empty({n}, x.options().dtype(at::kFloat));
+  at::Tensor mask;
+  if (plan.n_large > 0) mask = at::empty({plan.mask_total}, x.options().dtype(at::kByte));
+  const double* thr = thresholds.data_ptr<double>();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "nms_cuda", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const int64_t* op = order.data_ptr<int64_t>();
+    const int64_t* offp = offsets.data_ptr<int64_t>();
+    row_inv_kernel<scalar_t><<<grid_for(n, 8, (int64_t)sms * 32), 256, 0, stream>>>(
+        xp, ld, d, op, n, inv.data_ptr<float>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (plan.n_large < n_ident) {
+      small_kernel<scalar_t>
+          <<<grid_for(n_ident - plan.n_large, kSmallWarps, (int64_t)sms * 16),
+             kSmallWarps * 32, 0, stream>>>(
+              xp, ld, d, op, offp, plan.sched.data_ptr<int64_t>(), plan.n_large, n_ident,
+              inv.data_ptr<float>(), thr, per_ident, lanes, min_per_identity,
+              bits.data_ptr<int64_t>(), counts.data_ptr<int64_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    if (plan.n_large > 0) {
+      tile_kernel<scalar_t><<<grid_for(plan.n_tiles, 1, (int64_t)1 << 30), kTileThreads, 0,
+                              stream>>>(
+          xp, ld, d, op, offp, plan.sched.data_ptr<int64_t>(), plan.sizes.data_ptr<int64_t>(),
+          plan.tile_cum.data_ptr<int64_t>(), plan.mask_base.data_ptr<int64_t>(), plan.n_large,
+          plan.n_tiles, inv.data_ptr<float>(), thr, per_ident, lanes,
+          mask.data_ptr<uint8_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      const int64_t smem_faces = std::min(plan.max_size, kWalkSmemFaces);
+      walk_kernel<<<grid_for(plan.n_large, 1, (int64_t)sms * 8), kWalkThreads,
+                    smem_faces * sizeof(uint64_t), stream>>>(
+          offp, plan.sched.data_ptr<int64_t>(), plan.sizes.data_ptr<int64_t>(),
+          plan.mask_base.data_ptr<int64_t>(), plan.n_large, mask.data_ptr<uint8_t>(),
+          per_ident, lanes, min_per_identity, smem_faces, bits.data_ptr<int64_t>(),
+          counts.data_ptr<int64_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+  return {bits, counts};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(facenms, CUDA, m) { m.impl("nms", &nms_cuda); }
+
+}  // namespace facenms
