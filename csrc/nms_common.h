@@ -22,6 +22,8 @@ constexpr int kMaxLanes = 64;
 // kTile x kTile similarity tiles and a byte mask in global memory.
 constexpr int kWarpMax = 32;
 constexpr int kTile = 64;
+// Their walk runs in one warp up to this size, in a 256-thread block above.
+constexpr int kWalkWideMin = 256;
 
 // Bits 0..p-1 set.
 FACENMS_HD uint64_t prefix_mask(int p) {

@@ -17,12 +17,13 @@ struct NmsPlan {
   at::Tensor tile_cum;   // (C,) inclusive prefix sums of tile_count(size)
   at::Tensor mask_base;  // (C,) exclusive prefix sums of mask_bytes(size)
   int64_t n_large = 0;   // sched[:n_large] are the identities > kWarpMax
+  int64_t n_wide = 0;    // sched[:n_wide] are those > kWalkWideMin
   int64_t n_tiles = 0;   // tiles over all of them
   int64_t mask_total = 0;  // bytes of mask they need
   int64_t max_size = 0;    // largest identity
 };
 
-// One small device-to-host copy (four scalars) sizes the workspace.
+// One small device-to-host copy (five scalars) sizes the workspace.
 inline NmsPlan make_plan(const at::Tensor& offsets) {
   NmsPlan p;
   const int64_t c = offsets.numel() - 1;
@@ -38,13 +39,14 @@ inline NmsPlan make_plan(const at::Tensor& offsets) {
   auto bytes_cum = at::cumsum(bytes, 0);
   p.mask_base = (bytes_cum - bytes).contiguous();
   auto host = at::stack({large.sum().to(at::kLong), p.tile_cum[c - 1], bytes_cum[c - 1],
-                         p.sizes[0]})
+                         p.sizes[0], p.sizes.gt(kWalkWideMin).sum().to(at::kLong)})
                   .cpu();
   const int64_t* h = host.data_ptr<int64_t>();
   p.n_large = h[0];
   p.n_tiles = h[1];
   p.mask_total = h[2];
   p.max_size = h[3];
+  p.n_wide = h[4];
   return p;
 }
 

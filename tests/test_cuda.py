@@ -49,9 +49,9 @@ def pair_sims(x, order, offsets):
     return np.concatenate(sims) if sims else np.zeros(0)
 
 
-def safe_thresholds(sims, k, lo=-0.2, hi=0.99, margin=2e-3):
+def safe_thresholds(sims, k, lo=-0.2, hi=0.99, margin=1e-4):
     """k ascending thresholds in [lo, hi], each at least `margin` from every similarity."""
-    grid = np.linspace(lo, hi, 4000)
+    grid = np.linspace(lo, hi, 20000)
     s = np.sort(sims)
     j = np.searchsorted(s, grid)
     near = np.minimum(np.abs(grid - s[np.clip(j - 1, 0, len(s) - 1)]),
