@@ -104,7 +104,7 @@ __device__ __forceinline__ void flush_warp_counts(bool per_ident, int lane, int 
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kSmallWarps * 32)
-    small_kernel(const scalar_t* __restrict__ x, int64_t ld, int64_t d,
+    small_kernel(const scalar_t* __restrict__ x, int64_t ld, int64_t d, bool /*pairs*/,
                  const int64_t* __restrict__ order, const int64_t* __restrict__ offsets,
                  const int64_t* __restrict__ sched, int64_t s_begin, int64_t s_end,
                  const float* __restrict__ inv, const double* __restrict__ thr, bool per_ident,
@@ -184,7 +184,7 @@ constexpr int kTileThreads = 128;
 // candidates m of block mb; mask[k][m] = thresholds below sim(k, m), k < m.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kTileThreads)
-    tile_kernel(const scalar_t* __restrict__ x, int64_t ld, int64_t d,
+    tile_kernel(const scalar_t* __restrict__ x, int64_t ld, int64_t d, bool /*pairs*/,
                 const int64_t* __restrict__ order, const int64_t* __restrict__ offsets,
                 const int64_t* __restrict__ sched, const int64_t* __restrict__ sizes,
                 const int64_t* __restrict__ tile_cum, const int64_t* __restrict__ mask_base,
@@ -380,7 +380,7 @@ __device__ __forceinline__ void warp_gram_store(float (*g)[kWarpMax + 4], AccFra
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kSmallWarps * 32)
-    small_tc_kernel(const scalar_t* __restrict__ x, int64_t ld, int64_t d,
+    small_tc_kernel(const scalar_t* __restrict__ x, int64_t ld, int64_t d, bool pairs,
                     const int64_t* __restrict__ order, const int64_t* __restrict__ offsets,
                     const int64_t* __restrict__ sched, int64_t s_begin, int64_t s_end,
                     const float* __restrict__ inv, const double* __restrict__ thr,
@@ -418,12 +418,22 @@ __global__ void __launch_bounds__(kSmallWarps * 32)
       for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.f);
     for (int64_t c0 = 0; c0 < d; c0 += kTcCols) {
       __syncwarp();
+      if (pairs) {  // two elements per 32-bit load: 128 bytes per warp and row
+        const int64_t col = c0 + 2 * lane;
 #pragma unroll 4
-      for (int r = 0; r < n; ++r) {
-        const int64_t row = __shfl_sync(kFullMask, my_row, r);
+        for (int r = 0; r < n; ++r) {
+          const int64_t row = __shfl_sync(kFullMask, my_row, r);
+          *reinterpret_cast<uint32_t*>(&y[r][2 * lane]) =
+              col < d ? *reinterpret_cast<const uint32_t*>(xb + row * ld + col) : 0u;
+        }
+      } else {
         const int64_t col = c0 + lane;
-        y[r][lane] = col < d ? xb[row * ld + col] : uint16_t(0);  // +0.0 in fp16 and bf16
-        y[r][lane + 32] = col + 32 < d ? xb[row * ld + col + 32] : uint16_t(0);
+#pragma unroll 4
+        for (int r = 0; r < n; ++r) {
+          const int64_t row = __shfl_sync(kFullMask, my_row, r);
+          y[r][lane] = col < d ? xb[row * ld + col] : uint16_t(0);  // +0.0 in fp16 and bf16
+          y[r][lane + 32] = col + 32 < d ? xb[row * ld + col + 32] : uint16_t(0);
+        }
       }
       __syncwarp();
       if (nf == 2) warp_gram_chunk<T, 2>(y, acc); else warp_gram_chunk<T, 1>(y, acc);
@@ -449,7 +459,7 @@ __global__ void __launch_bounds__(kSmallWarps * 32)
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kTileThreads)
-    tile_tc_kernel(const scalar_t* __restrict__ x, int64_t ld, int64_t d,
+    tile_tc_kernel(const scalar_t* __restrict__ x, int64_t ld, int64_t d, bool pairs,
                    const int64_t* __restrict__ order, const int64_t* __restrict__ offsets,
                    const int64_t* __restrict__ sched, const int64_t* __restrict__ sizes,
                    const int64_t* __restrict__ tile_cum, const int64_t* __restrict__ mask_base,
@@ -490,15 +500,28 @@ __global__ void __launch_bounds__(kTileThreads)
 #pragma unroll
       for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.f);
     const uint16_t(*sb)[kTcLd] = diag ? s_a : s_b;
-    const int loads = (diag ? 1 : 2) * kTile * kTcCols / kTileThreads;
+    const int loads = (diag ? 1 : 2) * kTile * kTcCols / kTileThreads / (pairs ? 2 : 1);
     for (int64_t c0 = 0; c0 < d; c0 += kTcCols) {
+      if (pairs) {  // two elements per 32-bit load
+        constexpr int kHalf = kTcCols / 2;
 #pragma unroll 8
-      for (int q = 0; q < loads; ++q) {
-        const int e = tid + q * kTileThreads;
-        const int h = e / (kTile * kTcCols), r = (e / kTcCols) % kTile, col = e % kTcCols;
-        const int64_t row = s_row[h][r];
-        const uint16_t v = (row >= 0 && c0 + col < d) ? xb[row * ld + c0 + col] : uint16_t(0);
-        (h ? s_b : s_a)[r][col] = v;
+        for (int q = 0; q < loads; ++q) {
+          const int e = tid + q * kTileThreads;
+          const int h = e / (kTile * kHalf), r = (e / kHalf) % kTile, col = 2 * (e % kHalf);
+          const int64_t row = s_row[h][r];
+          *reinterpret_cast<uint32_t*>(&(h ? s_b : s_a)[r][col]) =
+              (row >= 0 && c0 + col < d)
+                  ? *reinterpret_cast<const uint32_t*>(xb + row * ld + c0 + col) : 0u;
+        }
+      } else {
+#pragma unroll 8
+        for (int q = 0; q < loads; ++q) {
+          const int e = tid + q * kTileThreads;
+          const int h = e / (kTile * kTcCols), r = (e / kTcCols) % kTile, col = e % kTcCols;
+          const int64_t row = s_row[h][r];
+          (h ? s_b : s_a)[r][col] =
+              (row >= 0 && c0 + col < d) ? xb[row * ld + c0 + col] : uint16_t(0);
+        }
       }
       __syncthreads();
 #pragma unroll
@@ -600,6 +623,10 @@ std::tuple<at::Tensor, at::Tensor> nms_cuda(const at::Tensor& x, const at::Tenso
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const int64_t* op = order.data_ptr<int64_t>();
     const int64_t* offp = offsets.data_ptr<int64_t>();
+    // 16-bit rows that start on 4-byte boundaries with an even length are
+    // read two elements at a time.
+    const bool pairs = sizeof(scalar_t) == 2 && ld % 2 == 0 && d % 2 == 0 &&
+                       reinterpret_cast<uintptr_t>(xp) % 4 == 0;
     row_inv_kernel<scalar_t><<<grid_for(n, 8, (int64_t)sms * 32), 256, 0, stream>>>(
         xp, ld, d, op, n, inv.data_ptr<float>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -607,7 +634,7 @@ std::tuple<at::Tensor, at::Tensor> nms_cuda(const at::Tensor& x, const at::Tenso
       auto kernel = small_kernel_for<scalar_t>();
       kernel<<<grid_for(n_ident - plan.n_large, kSmallWarps, (int64_t)sms * 16),
                kSmallWarps * 32, 0, stream>>>(
-          xp, ld, d, op, offp, plan.sched.data_ptr<int64_t>(), plan.n_large, n_ident,
+          xp, ld, d, pairs, op, offp, plan.sched.data_ptr<int64_t>(), plan.n_large, n_ident,
           inv.data_ptr<float>(), thr, per_ident, lanes, min_per_identity,
           bits.data_ptr<int64_t>(), counts.data_ptr<int64_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -615,7 +642,8 @@ std::tuple<at::Tensor, at::Tensor> nms_cuda(const at::Tensor& x, const at::Tenso
     if (plan.n_large > 0) {
       auto tiles = tile_kernel_for<scalar_t>();
       tiles<<<grid_for(plan.n_tiles, 1, (int64_t)1 << 30), kTileThreads, 0, stream>>>(
-          xp, ld, d, op, offp, plan.sched.data_ptr<int64_t>(), plan.sizes.data_ptr<int64_t>(),
+          xp, ld, d, pairs, op, offp, plan.sched.data_ptr<int64_t>(),
+          plan.sizes.data_ptr<int64_t>(),
           plan.tile_cum.data_ptr<int64_t>(), plan.mask_base.data_ptr<int64_t>(), plan.n_large,
           plan.n_tiles, inv.data_ptr<float>(), thr, per_ident, lanes,
           mask.data_ptr<uint8_t>());
