@@ -14,6 +14,25 @@ import sys
 
 from setuptools import find_packages, setup
 
+import shutil
+
+
+def _cuda_home_from_nvcc():
+    """torch guesses CUDA_HOME as nvcc's grandparent, which is wrong when nvcc is a
+    wrapper in /usr/local/bin; prefer the toolkit folder that holds the libraries."""
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    nvcc = shutil.which("nvcc")
+    for home in ([os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))] if nvcc else []) + [
+            "/usr/local/cuda"]:
+        if os.path.exists(os.path.join(home, "bin", "nvcc")) and os.path.isdir(
+                os.path.join(home, "lib64")):
+            os.environ["CUDA_HOME"] = home
+            return
+
+
+_cuda_home_from_nvcc()
+
 try:
     import torch
     from torch.utils import cpp_extension
@@ -48,7 +67,7 @@ def _want_cuda():
 def _extension():
     with_cuda, why = _want_cuda()
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-    cxx = ["-O3", "-fopenmp", "-fvisibility=hidden"]
+    cxx = ["-O3", "-fopenmp", "-fvisibility=hidden", "-Wno-psabi"]
     nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
     define = []
     if with_cuda:

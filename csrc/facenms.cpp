@@ -24,19 +24,19 @@ namespace facenms {
 std::string build_info() {
   std::string s = "torch=" TORCH_VERSION;
 #ifdef WITH_CUDA
-  s += ";cuda=1;cuda_archs=" FACENMS_CUDA_ARCHS;
+  s += "\ncuda=1\ncuda_archs=" FACENMS_CUDA_ARCHS;
 #else
-  s += ";cuda=0";
+  s += "\ncuda=0";
 #endif
 #if defined(__clang__)
-  s += ";compiler=clang " __clang_version__;
+  s += "\ncompiler=clang " __clang_version__;
 #elif defined(__GNUC__)
-  s += ";compiler=gcc " __VERSION__;
+  s += "\ncompiler=gcc " __VERSION__;
 #endif
 #ifdef _OPENMP
-  s += ";openmp=" + std::to_string(_OPENMP);
+  s += "\nopenmp=" + std::to_string(_OPENMP);
 #endif
-  s += ";flags=" FACENMS_BUILD_FLAGS;
+  s += "\nflags=" FACENMS_BUILD_FLAGS;
   return s;
 }
 

@@ -25,7 +25,7 @@ def _load():
         else:
             why = "facenms._C failed to load: %s" % msg
         raise ImportError(why + "\n" + _REBUILD) from e
-    info = dict(kv.split("=", 1) for kv in torch.ops.facenms.build_info().split(";"))
+    info = dict(kv.split("=", 1) for kv in torch.ops.facenms.build_info().splitlines())
     built = info.get("torch", "")
     if built.split("+")[0] != torch.__version__.split("+")[0]:
         raise ImportError("facenms._C was built against torch %s but torch %s is installed.\n%s"

@@ -1,0 +1,217 @@
+"""Face datasets stored as RecordIO: the insightface layout and the plain im2rec one.
+
+insightface layout (MS1M, Glint360K, WebFace as insightface ships them):
+
+    key 0          header record: flag 2, label [A, B], empty payload
+    keys 1..A-1    images, each packed with its identity label (scalar, or label[0])
+    keys A..B-1    one record per identity c = key - A: label [start, end), the
+                   image keys of that identity (empty payload)
+    property       text file beside train.rec: "num_classes,h,w"
+
+im2rec layout: no header; every record is an image whose label is a scalar or
+an array (label[0] is the identity), in .idx order.
+
+insightface's MXFaceDataset decides between the two by `header.flag > 0` on
+record 0 and then reads images 1..A-1 with each image's own label; an im2rec
+file whose first image has an array label would fool that test, so we also
+require the header record's payload to be empty. Identity records are optional
+(some converters write [A, num_classes] and none): without them the labels
+come from the image headers, one small read per image.
+"""
+import os
+
+import numpy as np
+
+from .._atomic import AtomicFiles
+from .base import FaceDataset, image_format
+from .recordio import IRHeader, RecordIO, RecordIOWriter, default_idx_path, pack, unpack
+
+F32_EXACT = 1 << 24  # float32 holds every integer up to here, and not all beyond
+
+
+def read_property(directory):
+    """(num_classes, h, w) from `directory/property`."""
+    path = os.path.join(os.fspath(directory), "property")
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except FileNotFoundError:
+        raise FileNotFoundError("%s not found: insightface datasets keep `num_classes,h,w` "
+                                "there" % path) from None
+    try:
+        c, h, w = (int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError("%s: expected `num_classes,h,w`, got %r" % (path, text[:80])) from None
+    return c, h, w
+
+
+def _label0(header):
+    return float(header.label if header.flag == 0 else header.label[0])
+
+
+def _as_int(value, what):
+    if not np.isfinite(value) or value != int(value) or value < 0:
+        raise ValueError("%s: label %r is not a non-negative integer" % (what, value))
+    return int(value)
+
+
+class RecordDataset(FaceDataset):
+    """A face dataset in train.rec / train.idx (+ property), either layout.
+
+    require_property=True makes a missing `property` file an error (it gives
+    num_classes and the image size, which insightface's training needs).
+    """
+
+    def __init__(self, rec_path, idx_path=None, require_property=False):
+        self.rec_path = os.fspath(rec_path)
+        self.rec = RecordIO(self.rec_path, idx_path)
+        directory = os.path.dirname(os.path.abspath(self.rec_path))
+        prop = None
+        if require_property or os.path.exists(os.path.join(directory, "property")):
+            prop = read_property(directory)
+        self.layout, self._keys, labels = self._scan()
+        self.labels = labels
+        top = int(labels.max()) + 1 if len(labels) else 0
+        if prop is not None:
+            self.num_classes, h, w = prop
+            self.image_size = (h, w)
+            if top > self.num_classes:
+                raise ValueError("%s: labels go up to %d but property says %d classes"
+                                 % (self.rec_path, top - 1, self.num_classes))
+        else:
+            self.num_classes = top
+
+    # -- layout detection and labels -------------------------------------------------
+
+    def _scan(self):
+        if len(self.rec) == 0 or not self.rec.contains(np.array([0]))[0]:
+            return self._scan_im2rec()
+        header, payload = unpack(self.rec.read(0))
+        if not (header.flag >= 1 and len(payload) == 0):
+            return self._scan_im2rec()
+        a = _as_int(float(header.label[0]), "%s header record 0" % self.rec_path)
+        if a < 1:
+            raise ValueError("%s: header record 0 says the images are keys 1..%d"
+                             % (self.rec_path, a - 1))
+        keys = np.arange(1, a, dtype=np.int64)
+        missing = np.flatnonzero(~self.rec.contains(keys))
+        if missing.size:
+            raise ValueError("%s: header record 0 promises image keys 1..%d but key %d is not "
+                             "in %s" % (self.rec_path, a - 1, keys[missing[0]], self.rec.idx_path))
+        # label[1] is the end of the identity records in insightface's own files; some
+        # converters store the class count there and write no identity records at all
+        labels = None
+        b = int(header.label[1]) if header.flag >= 2 and np.isfinite(header.label[1]) else 0
+        if b > a and self.rec.contains(np.arange(a, b, dtype=np.int64)).all():
+            labels = self._labels_from_identities(a, b)
+        if labels is None:
+            labels = self._labels_from_headers(keys)  # what MXFaceDataset trains on anyway
+        return "insightface", keys, labels
+
+    def _labels_from_identities(self, a, b):
+        """Labels from the identity ranges: B-A small reads instead of one per image.
+
+        None when the ranges do not partition the images 1..A-1 in order, or
+        disagree with the labels of the first and last image of an identity.
+        """
+        labels = np.empty(a - 1, dtype=np.int64)
+        prev = 1
+        for c, key in enumerate(range(a, b)):
+            h = self.rec.read_header(key)
+            if h.flag < 2:
+                return None
+            s, e = float(h.label[0]), float(h.label[1])
+            if s != prev or not s <= e <= a or e != int(e):
+                return None
+            s, e = int(s), int(e)
+            if e > s and {_label0(self.rec.read_header(k)) for k in {s, e - 1}} != {c}:
+                return None
+            labels[s - 1:e - 1] = c
+            prev = e
+        return labels if prev == a else None
+
+    def _labels_from_headers(self, keys):
+        labels = np.empty(len(keys), dtype=np.int64)
+        for i, key in enumerate(keys):
+            labels[i] = _as_int(_label0(self.rec.read_header(int(key))),
+                                "%s record key %d" % (self.rec_path, key))
+        return labels
+
+    def _scan_im2rec(self):
+        keys = self.rec.keys.copy()
+        return "im2rec", keys, self._labels_from_headers(keys)
+
+    # -- FaceDataset -----------------------------------------------------------------
+
+    def key(self, i):
+        return int(self._keys[self._check_index(i)])
+
+    def read_bytes(self, i):
+        key = self.key(i)
+        return self.rec._unpack_key(self.rec.read(key), key)[1]
+
+    def name(self, i):
+        return "rec:%d" % self.key(i)
+
+    def where(self, i):
+        return "%s record key %d" % (self.rec_path, self.key(i))
+
+
+def write_face_recordio(rec_path, labels, payloads, num_classes=None, image_size=None,
+                        layout="insightface", files=None):
+    """Write images as a face RecordIO dataset: rec, idx and `property` beside them.
+
+    labels: dense identity labels in [0, num_classes), non-decreasing for the
+    insightface layout (an identity's images must be one key range).
+    payloads: iterable of encoded image bytes, one per label, in that order.
+    image_size: (h, w) for `property`; default: the first image's size.
+    files: an AtomicFiles to register the outputs with (the caller commits);
+    by default they are committed here when everything has been written.
+    """
+    if layout not in ("insightface", "im2rec"):
+        raise ValueError("layout must be 'insightface' or 'im2rec', got %r" % (layout,))
+    labels = np.asarray(labels, dtype=np.int64)
+    n = len(labels)
+    c = int(num_classes) if num_classes is not None else (int(labels.max()) + 1 if n else 0)
+    if n and (labels.min() < 0 or labels.max() >= c):
+        raise ValueError("labels must lie in [0, %d)" % c)
+    if c > F32_EXACT:
+        raise ValueError("%d classes: float32 labels are exact only up to 2**24" % c)
+    if layout == "insightface":
+        if np.any(np.diff(labels) < 0):
+            raise ValueError("the insightface layout needs labels grouped (non-decreasing)")
+        if n + 1 + c > F32_EXACT:
+            raise ValueError("%d images + %d identities: the insightface header stores record "
+                             "keys as float32, exact only up to 2**24; use layout='im2rec'"
+                             % (n, c))
+    own = files is None
+    files = AtomicFiles() if own else files
+    try:
+        w = RecordIOWriter(rec_path, files=files)
+        first = 1 if layout == "insightface" else 0
+        if layout == "insightface":
+            w.write(0, pack(IRHeader(2, [n + 1, n + 1 + c], 0, 0), b""))
+        count = 0
+        for j, payload in enumerate(payloads):
+            if j >= n:
+                raise ValueError("more payloads than labels (%d)" % n)
+            if image_size is None:
+                image_size = image_format(payload, "image %d" % j)[1]
+            w.write(first + j, pack(IRHeader(0, float(labels[j]), first + j, 0), payload))
+            count += 1
+        if count != n:
+            raise ValueError("%d labels but %d payloads" % (n, count))
+        if layout == "insightface":
+            starts = np.searchsorted(labels, np.arange(c + 1)) + 1
+            for k in range(c):
+                w.write(n + 1 + k, pack(IRHeader(2, [starts[k], starts[k + 1]], n + 1 + k, 0), b""))
+        h, wd = image_size if image_size is not None else (0, 0)
+        prop = os.path.join(os.path.dirname(os.path.abspath(os.fspath(rec_path))), "property")
+        with files.open(prop, "w") as f:
+            f.write("%d,%d,%d" % (c, h, wd))
+    except BaseException:
+        files.abort()
+        raise
+    if own:
+        files.commit()
+    return rec_path, default_idx_path(rec_path)

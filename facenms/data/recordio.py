@@ -1,0 +1,336 @@
+"""MXNet / insightface RecordIO (.rec + .idx) in pure Python, no mxnet needed.
+
+The format (dmlc-core recordio):
+
+    record   := frame+                    one logical record, 1 or more frames
+    frame    := magic:u32 lrec:u32 data pad
+    magic    =  0xced7230a (little endian)
+    lrec     =  cflag << 29 | length      length < 2**29, cflag in the top 3 bits
+    pad      =  zeros up to a multiple of 4 bytes
+
+cflag 0 is a whole record. The writer never lets the magic word appear in a
+frame's data at a 4-byte aligned position (so a reader can resynchronise): it
+cuts the payload there, drops that magic word and writes the pieces as frames
+with cflag 1 (first), 2 (middle), 3 (last); the reader joins the pieces with
+the magic word between them.
+
+A payload packed by mxnet.recordio.pack starts with a 24-byte header
+`IfQQ` = (flag, label, id, id2). flag == 0: `label` is the scalar label.
+flag > 0: `flag` float32 labels follow the header (and `label` is 0).
+
+The .idx file has one `key\\toffset` line per record; offset is the byte
+position of the record's first frame in the .rec file.
+"""
+import os
+import struct
+import warnings
+from collections import namedtuple
+
+import numpy as np
+
+from .._atomic import AtomicFiles
+
+MAGIC = 0xCED7230A
+_MAGIC_BYTES = struct.pack("<I", MAGIC)
+_FRAME = struct.Struct("<II")
+_LEN_MASK = (1 << 29) - 1
+MAX_RECORD_LEN = 1 << 29
+
+IRHeader = namedtuple("IRHeader", ["flag", "label", "id", "id2"])
+_IR = struct.Struct("<IfQQ")
+IR_SIZE = _IR.size  # 24
+
+
+def pack(header, payload):
+    """mxnet.recordio.pack: header (flag, label, id, id2) + payload bytes.
+
+    An array label (anything with a length) is written as float32 values after
+    the header with flag = its length, as mxnet does; a scalar goes in `label`.
+    """
+    flag, label, id_, id2 = header
+    if np.ndim(label) == 0:
+        return _IR.pack(int(flag), float(label), int(id_), int(id2)) + bytes(payload)
+    label = np.asarray(label, dtype=np.float32).ravel()
+    return (_IR.pack(label.size, 0.0, int(id_), int(id2)) + label.astype("<f4").tobytes()
+            + bytes(payload))
+
+
+def unpack(record):
+    """mxnet.recordio.unpack: bytes -> (IRHeader, payload bytes).
+
+    The header's label is a float for flag == 0 and a float32 array otherwise.
+    """
+    if len(record) < IR_SIZE:
+        raise ValueError("record of %d bytes is shorter than the %d-byte IRHeader"
+                         % (len(record), IR_SIZE))
+    flag, label, id_, id2 = _IR.unpack_from(record, 0)
+    if flag > 0:
+        end = IR_SIZE + 4 * flag
+        if len(record) < end:
+            raise ValueError("record of %d bytes is too short for its %d float32 labels"
+                             % (len(record), flag))
+        label = np.frombuffer(record, dtype="<f4", count=flag, offset=IR_SIZE).astype(np.float32)
+        return IRHeader(flag, label, id_, id2), bytes(record[end:])
+    return IRHeader(flag, label, id_, id2), bytes(record[IR_SIZE:])
+
+
+def _pad(n):
+    return (n + 3) & ~3
+
+
+def _split_at_magic(buf):
+    """Cut points where the magic word sits at a 4-byte aligned offset (dmlc's rule)."""
+    cuts = []
+    i = buf.find(_MAGIC_BYTES)
+    while i != -1:
+        if i % 4 == 0:
+            cuts.append(i)
+            i = buf.find(_MAGIC_BYTES, i + 4)
+        else:
+            i = buf.find(_MAGIC_BYTES, i + 1)
+    return cuts
+
+
+def encode_record(buf):
+    """The frames of one record, exactly as dmlc's RecordIOWriter lays them out."""
+    buf = bytes(buf)
+    if len(buf) >= MAX_RECORD_LEN:
+        raise ValueError("RecordIO records must be shorter than 2**29 bytes, got %d" % len(buf))
+    out = []
+    start = 0
+    for cut in _split_at_magic(buf):
+        # the pieces before the last one end at aligned cuts: no padding needed
+        out.append(_FRAME.pack(MAGIC, ((1 if start == 0 else 2) << 29) | (cut - start)))
+        out.append(buf[start:cut])
+        start = cut + 4
+    out.append(_FRAME.pack(MAGIC, ((3 if start else 0) << 29) | (len(buf) - start)))
+    out.append(buf[start:])
+    out.append(b"\0" * (_pad(len(buf)) - len(buf)))
+    return b"".join(out)
+
+
+def default_idx_path(rec_path):
+    rec_path = os.fspath(rec_path)
+    base = rec_path[:-4] if rec_path.endswith(".rec") else rec_path
+    return base + ".idx"
+
+
+def _read_idx(idx_path):
+    """(keys, offsets) as int64 arrays, in file order."""
+    try:
+        with open(idx_path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise FileNotFoundError("RecordIO index %s not found (it lists `key\\toffset` "
+                                "per record; mxnet's im2rec writes it beside the .rec)"
+                                % idx_path) from None
+    lines = raw.count(b"\n") + (1 if raw and not raw.endswith(b"\n") else 0)
+    try:
+        # fromstring parses tens of millions of lines without a Python object per token
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            vals = np.fromstring(raw.decode("ascii"), dtype=np.int64, sep=" ")
+    except (ValueError, UnicodeDecodeError, DeprecationWarning):
+        vals = None
+    if vals is None or len(vals) != 2 * lines:
+        raise ValueError("%s: malformed index, expected one `key\\toffset` line of two "
+                         "integers per record" % idx_path)
+    pairs = vals.reshape(-1, 2)
+    return pairs[:, 0].copy(), pairs[:, 1].copy()
+
+
+class RecordIO:
+    """Random access reader of a .rec file through its .idx.
+
+        rec = RecordIO("train.rec")        # train.idx beside it
+        header, img = rec.unpack(rec.read(rec.keys[0]))
+
+    The file is opened lazily and reopened in a forked process, so one instance
+    can be shared with DataLoader workers.
+    """
+
+    def __init__(self, rec_path, idx_path=None):
+        self.rec_path = os.fspath(rec_path)
+        self.idx_path = os.fspath(idx_path) if idx_path is not None else default_idx_path(rec_path)
+        if not os.path.isfile(self.rec_path):
+            raise FileNotFoundError("RecordIO file %s not found" % self.rec_path)
+        self.keys, self.offsets = _read_idx(self.idx_path)
+        self.size = os.path.getsize(self.rec_path)
+        bad = np.flatnonzero((self.offsets < 0) | (self.offsets + _FRAME.size > self.size))
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError("%s: record key %d has offset %d past the end of %s (%d bytes)"
+                             % (self.idx_path, self.keys[i], self.offsets[i],
+                                self.rec_path, self.size))
+        # key -> offset without a dict (42M keys would cost gigabytes): binary search
+        if np.all(self.keys[1:] > self.keys[:-1]):
+            self._skeys, self._soffsets = self.keys, self.offsets
+        else:
+            order = np.argsort(self.keys, kind="stable")
+            self._skeys, self._soffsets = self.keys[order], self.offsets[order]
+            dup = np.flatnonzero(self._skeys[1:] == self._skeys[:-1])
+            if dup.size:
+                raise ValueError("%s: key %d appears more than once"
+                                 % (self.idx_path, self._skeys[dup[0]]))
+        self._fh = None
+        self._pid = None
+
+    def __len__(self):
+        return len(self.keys)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_fh"] = None
+        state["_pid"] = None
+        return state
+
+    def _fd(self):
+        if self._fh is None or self._pid != os.getpid():
+            self._fh = open(self.rec_path, "rb")
+            self._pid = os.getpid()
+        return self._fh.fileno()
+
+    def _pread(self, n, pos):
+        # positioned reads: no shared file offset, so threads can share the handle
+        return os.pread(self._fd(), n, pos)
+
+    def close(self):
+        if self._fh is not None and self._pid == os.getpid():
+            self._fh.close()
+        self._fh = None
+
+    def offset(self, key):
+        """Byte position of the record `key` in the .rec file."""
+        j = int(np.searchsorted(self._skeys, key))
+        if j >= len(self._skeys) or self._skeys[j] != key:
+            raise KeyError("record key %r is not in %s" % (key, self.idx_path))
+        return int(self._soffsets[j])
+
+    def contains(self, keys):
+        """Boolean array: which of `keys` the index has."""
+        keys = np.asarray(keys, dtype=np.int64)
+        if len(self._skeys) == 0:
+            return np.zeros(keys.shape, dtype=bool)
+        j = np.minimum(np.searchsorted(self._skeys, keys), len(self._skeys) - 1)
+        return self._skeys[j] == keys
+
+    def _frame(self, key, pos):
+        """(cflag, data, position of the next frame) of the frame at `pos`."""
+        head = self._pread(_FRAME.size, pos)
+        if len(head) < _FRAME.size:
+            raise ValueError("%s: truncated record key %d: frame header at byte %d cut short "
+                             "(file is %d bytes)" % (self.rec_path, key, pos, self.size))
+        magic, lrec = _FRAME.unpack(head)
+        if magic != MAGIC:
+            raise ValueError("%s: bad magic 0x%08x at byte %d (record key %d); expected 0x%08x "
+                             "- not a RecordIO file, or the .idx does not match it"
+                             % (self.rec_path, magic, pos, key, MAGIC))
+        length, cflag = lrec & _LEN_MASK, lrec >> 29
+        data = self._pread(_pad(length), pos + _FRAME.size)
+        if len(data) < _pad(length):
+            raise ValueError("%s: truncated record key %d: frame at byte %d needs %d bytes, "
+                             "only %d left" % (self.rec_path, key, pos, _pad(length), len(data)))
+        return cflag, data[:length], pos + _FRAME.size + _pad(length)
+
+    def read(self, key):
+        """The record stored under `key` (split frames joined), as bytes."""
+        pos = self.offset(key)
+        cflag, data, nxt = self._frame(key, pos)
+        if cflag == 0:
+            return data
+        if cflag != 1:
+            raise ValueError("%s: record key %d at byte %d starts with a continuation frame "
+                             "(cflag %d)" % (self.rec_path, key, pos, cflag))
+        parts = [data]
+        while cflag != 3:
+            p = nxt
+            cflag, data, nxt = self._frame(key, p)
+            if cflag not in (2, 3):
+                raise ValueError("%s: record key %d: split record broken at byte %d "
+                                 "(cflag %d inside a split record)" % (self.rec_path, key, p, cflag))
+            parts.append(data)
+        return _MAGIC_BYTES.join(parts)
+
+    def read_header(self, key):
+        """The IRHeader of a packed record, reading only its first bytes when it is not split."""
+        pos = self.offset(key)
+        head = self._pread(_FRAME.size + IR_SIZE, pos)
+        if len(head) == _FRAME.size + IR_SIZE:
+            magic, lrec = _FRAME.unpack_from(head)
+            flag = _IR.unpack_from(head, _FRAME.size)[0]
+            if magic == MAGIC and lrec >> 29 == 0 and (lrec & _LEN_MASK) >= IR_SIZE + 4 * flag:
+                tail = self._pread(4 * flag, pos + len(head)) if flag else b""
+                return self._unpack_key(head[_FRAME.size:] + tail, key)[0]
+        return self._unpack_key(self.read(key), key)[0]
+
+    def _unpack_key(self, record, key):
+        try:
+            return unpack(record)
+        except ValueError as e:
+            raise ValueError("%s: record key %d: %s" % (self.rec_path, key, e)) from None
+
+    @staticmethod
+    def unpack(record):
+        return unpack(record)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+class RecordIOWriter:
+    """Writes a .rec and its .idx under temporary names, renamed on close().
+
+        with RecordIOWriter("out/train.rec") as w:
+            w.write(0, pack(IRHeader(0, 3.0, 0, 0), jpeg_bytes))
+
+    On an exception inside the `with` (or abort()), both temporaries are
+    removed and nothing appears under the final names. With files=AtomicFiles
+    the two files join that group instead and its owner commits them.
+    """
+
+    def __init__(self, rec_path, idx_path=None, files=None):
+        self.rec_path = os.fspath(rec_path)
+        self.idx_path = os.fspath(idx_path) if idx_path is not None else default_idx_path(rec_path)
+        self._own = files is None
+        self._files = AtomicFiles() if self._own else files
+        try:
+            self._rec = self._files.open(self.rec_path, "wb")
+            self._idx = self._files.open(self.idx_path, "w")
+        except BaseException:
+            self._files.abort()
+            raise
+        self._pos = 0
+        self._keys = set()
+
+    def write(self, key, record):
+        """Append one record (bytes, e.g. from pack()) under integer `key`."""
+        key = int(key)
+        if key in self._keys:
+            raise ValueError("duplicate RecordIO key %d" % key)
+        self._keys.add(key)
+        data = encode_record(record)
+        self._rec.write(data)
+        self._idx.write("%d\t%d\n" % (key, self._pos))
+        self._pos += len(data)
+
+    def close(self):
+        """Finish: both files renamed into place (by the group's owner if shared)."""
+        if self._own:
+            self._files.commit()
+
+    def abort(self):
+        self._files.abort()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+        return False

@@ -1,0 +1,115 @@
+"""The torch ops themselves: schemas, fake kernels, lanes, argument checks."""
+import numpy as np
+import pytest
+import torch
+
+import facenms
+from facenms import ops
+from facenms.synthetic import webface_like
+
+
+def _sorted_input(n=400, d=16, seed=0):
+    x, labels = webface_like(n, dim=d, seed=seed)
+    sizes = np.bincount(labels)
+    offsets = torch.from_numpy(np.concatenate([[0], np.cumsum(sizes)]))
+    return torch.from_numpy(x), torch.arange(n), offsets
+
+
+def test_build_info_reports_the_build():
+    info = facenms.build_info()
+    assert info["torch"].split("+")[0] == torch.__version__.split("+")[0]
+    assert info["compiler"] and "flags" in info
+    # with CUDA compiled in, the kernels are registered with the dispatcher
+    assert info["cuda_kernels_registered"] == info["cuda"]
+
+
+def test_many_lanes_equal_single_runs():
+    x, order, offsets = _sorted_input()
+    ts = torch.linspace(-0.2, 1.0, 64, dtype=torch.float64)
+    bits, counts = ops.nms(x, order, offsets, ts, 1)
+    for j in (0, 17, 40, 63):
+        b1, c1 = ops.nms(x, order, offsets, ts[j:j + 1].clone(), 1)
+        assert torch.equal((bits >> j) & 1, b1 & 1)
+        assert int(counts[j]) == int(c1[0]) == int(((bits >> j) & 1).sum())
+
+
+def test_per_identity_thresholds_and_counts():
+    x, order, offsets = _sorted_input()
+    c = len(offsets) - 1
+    thr = torch.rand(c, 8, dtype=torch.float64).sort(1).values
+    bits, counts = ops.nms(x, order, offsets, thr, 2)
+    assert counts.shape == (c, 8)
+    for i in range(0, c, 7):
+        a, b = int(offsets[i]), int(offsets[i + 1])
+        for j in range(8):
+            one, _ = ops.nms(x, order[a:b], offsets[i:i + 2] - a, thr[i, j:j + 1].clone(), 2)
+            assert torch.equal(one & 1, (bits[a:b] >> j) & 1)
+            assert int(counts[i, j]) == int(one.sum()) >= min(2, b - a)
+
+
+def test_min_keep_fills_best_ranked_first():
+    x = torch.tensor([[1.0, 0.0]] * 5)
+    bits, counts = ops.nms(x, torch.arange(5), torch.tensor([0, 5]),
+                           torch.tensor([0.5], dtype=torch.float64), 3)
+    assert bits.tolist() == [1, 1, 1, 0, 0] and counts.tolist() == [3]
+
+
+def test_prepare_scores_are_rounded_and_norms_exact():
+    x, order, offsets = _sorted_input(200)
+    x = x * 3
+    norms, scores = ops.prepare(x, order, offsets)
+    np.testing.assert_allclose(norms.numpy(), np.linalg.norm(x.double().numpy(), axis=1),
+                               rtol=1e-12)
+    assert torch.equal(scores, torch.round(scores * 2 ** 20) / 2 ** 20)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(thresholds=torch.tensor([0.5, 0.2], dtype=torch.float64)), "ascending"),
+    (dict(thresholds=torch.zeros(65, dtype=torch.float64)), "1 to 64"),
+    (dict(thresholds=torch.tensor([0.5])), "float64"),
+    (dict(offsets=torch.tensor([0, 3])), "offsets to run from 0"),
+    (dict(order=torch.tensor([0, 1, 2, 9])), "not a row"),
+])
+def test_op_argument_errors(kwargs, match):
+    args = dict(x=torch.randn(4, 3), order=torch.arange(4), offsets=torch.tensor([0, 2, 4]),
+                thresholds=torch.tensor([0.5], dtype=torch.float64))
+    args.update(kwargs)
+    with pytest.raises(RuntimeError, match=match):
+        ops.nms(args["x"], args["order"], args["offsets"], args["thresholds"], 1)
+
+
+def test_opcheck():
+    x, order, offsets = _sorted_input(120)
+    thr = torch.tensor([0.3, 0.7], dtype=torch.float64)
+    torch.library.opcheck(torch.ops.facenms.nms.default, (x, order, offsets, thr, 1))
+    torch.library.opcheck(torch.ops.facenms.prepare.default, (x, order, offsets))
+
+
+def test_torch_compile_traces_select():
+    x, labels = webface_like(500, dim=16, seed=1)
+    xt, lt = torch.from_numpy(x), torch.from_numpy(labels)
+    want = facenms.select(xt, lt, threshold=0.7)
+    got = torch.compile(facenms.select)(xt, lt, threshold=0.7)
+    assert torch.equal(got, want)
+
+
+def test_threads_do_not_change_the_answer():
+    x, labels = webface_like(3000, dim=32, seed=2)
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        a = facenms.select(x, labels, ratio=0.6)
+        torch.set_num_threads(2)
+        b = facenms.select(x, labels, ratio=0.6)
+    finally:
+        torch.set_num_threads(prev)
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_every_half_value_converts_exactly(dtype):
+    # all 65536 bit patterns; prepare's norm of a 1-element row is |value| in float64
+    h = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(dtype)
+    h = h[torch.isfinite(h.float()) & (h.float() != 0)].reshape(-1, 1)
+    norms, _ = ops.prepare(h, torch.arange(len(h)), torch.tensor([0, len(h)]))
+    assert torch.equal(norms, h.double().abs().reshape(-1))
