@@ -78,8 +78,7 @@ def _extension():
     flags = " ".join(cxx + (nvcc if with_cuda else []))
     define.append(("FACENMS_BUILD_FLAGS", '"%s"' % flags.replace('"', "")))
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "") if with_cuda else ""
-    # build_info() is "key=value;..." so the arch list must not contain ';'
-    define.append(("FACENMS_CUDA_ARCHS", '"%s"' % archs.replace(";", " ")))
+    define.append(("FACENMS_CUDA_ARCHS", '"%s"' % archs))
     print("facenms: building %s kernels (%s)%s" % (
         "CPU + CUDA" if with_cuda else "CPU", why,
         ", archs " + archs if with_cuda else ""), flush=True)
