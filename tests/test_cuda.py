@@ -266,7 +266,7 @@ def test_nms_cuda_reference_strided_rows_and_wide_d():
 
 @gpu
 def test_nms_cuda_huge_identity_uses_global_walk():
-    # more faces than the walk keeps in shared memory (6144)
+    # more faces than the walk keeps in shared memory (5888)
     x, order, offsets, thr = make_case([7000, 300, 40, 3], d=8, seed=6, shuffle=False,
                                        thresholds=[0.8])
     gb, gc = run_op(x, order, offsets, thr, 1, "cuda", torch.float32)

@@ -258,7 +258,9 @@ __global__ void __launch_bounds__(kTileThreads)
   }
 }
 
-constexpr int64_t kWalkSmemFaces = 6144;  // 48 KiB of suppressed sets
+// Suppressed sets in shared memory up to this many faces: with the static
+// counters the block stays under the 48 KiB that needs no opt-in.
+constexpr int64_t kWalkSmemFaces = 5888;
 
 // One block per large identity: the greedy walk over its byte mask. Blocks
 // of one warp for identities up to kWalkWideMin faces (a barrier per kept
