@@ -32,7 +32,7 @@ class SelectionInfo:
     faces_per_identity: np.ndarray
     kept_per_identity: np.ndarray
     thresholds: Optional[np.ndarray] = None  # per identity, with per_identity=True
-    passes: int = 0  # NMS passes over the whole set
+    passes: int = 0  # NMS passes over the whole set (not counting the sample's)
     timings: Dict[str, float] = field(default_factory=dict)
 
     @property
@@ -96,6 +96,8 @@ def _group(labels, n, device):
     if len(shape) != 1 or shape[0] != n:
         raise ValueError("labels must be 1-D with one label per face (%d), got shape %s"
                          % (n, shape))
+    if isinstance(lab, torch.Tensor) and lab.device.type == "cpu" and device.type == "cpu":
+        lab = lab.numpy()  # numpy's integer sorts are several times faster on the CPU
     if isinstance(lab, torch.Tensor):
         uniq, inverse, sizes = torch.unique(lab.to(device), sorted=True, return_inverse=True,
                                             return_counts=True)
@@ -104,7 +106,7 @@ def _group(labels, n, device):
         uniq, inverse, sizes = np.unique(lab, return_inverse=True, return_counts=True)
         inverse = torch.from_numpy(inverse.reshape(-1).astype(np.int64)).to(device)
         sizes = torch.from_numpy(sizes.astype(np.int64)).to(device)
-    order = torch.sort(inverse.long(), stable=True).indices
+    order = _stable_argsort(inverse.long())
     offsets = torch.zeros(len(uniq) + 1, dtype=torch.int64, device=device)
     torch.cumsum(sizes.long(), 0, out=offsets[1:])
     return uniq, order, offsets, sizes.long()
@@ -131,10 +133,17 @@ def _rank(x, order, offsets, sizes, rank, scores, seed):
         key = scores[order]
     # Stable sorts: by key descending, then by identity; within an identity,
     # rows start in ascending index order, so ties keep the smaller index first.
-    perm = torch.sort(key, descending=True, stable=True).indices
+    perm = _stable_argsort(-key)
     ident = torch.repeat_interleave(torch.arange(len(sizes), device=x.device), sizes)
-    perm = perm[torch.sort(ident[perm], stable=True).indices]
+    perm = perm[_stable_argsort(ident[perm])]
     return order[perm]
+
+
+def _stable_argsort(t):
+    """Ascending stable argsort; numpy's on the CPU (radix sort for integers)."""
+    if t.device.type == "cpu":
+        return torch.from_numpy(np.argsort(t.numpy(), kind="stable"))
+    return torch.sort(t, stable=True).indices
 
 
 # ------------------------------------------------------------ the passes ----
@@ -326,17 +335,14 @@ def _validate(ratio, threshold, rank, scores, min_per_identity, per_identity):
     return rank
 
 
-def _to_family(result, like, device_given):
-    """Indices back in the caller's array family and device."""
-    if isinstance(like, np.ndarray) and not device_given:
-        return result.cpu().numpy()
-    if isinstance(like, torch.Tensor) or isinstance(like, np.ndarray):
+def _to_family(result, like):
+    """Indices back in the caller's array family (and, for tensors, device)."""
+    if isinstance(like, torch.Tensor):
         return result
-    module = type(like).__module__.split(".")[0]
-    if module == "cupy":
+    if type(like).__module__.split(".")[0] == "cupy":
         import cupy
         return cupy.from_dlpack(result)
-    return result
+    return result.cpu().numpy()  # numpy, memmaps, lists, and other DLPack producers
 
 
 def select(features, labels, ratio=None, threshold=None, *, scores=None, rank=None,
@@ -416,12 +422,14 @@ def select(features, labels, ratio=None, threshold=None, *, scores=None, rank=No
         run.close()
     timings["nms"] = time.perf_counter() - t2
 
-    result = torch.sort(order[keep_pos]).values
+    mask = torch.zeros(n, dtype=torch.bool, device=x.device)
+    mask[order[keep_pos]] = True
+    result = torch.nonzero(mask).reshape(-1)  # ascending, without a sort
     kept_per = torch.zeros(len(uniq), dtype=torch.int64, device=x.device)
     if n > 0:
         seg = torch.repeat_interleave(torch.arange(len(uniq), device=x.device), sizes)
         kept_per.index_add_(0, seg, keep_pos.long())
-    out = _to_family(result, features, device is not None)
+    out = _to_family(result, features)
     timings["total"] = time.perf_counter() - t0
     if not return_info:
         return out
