@@ -341,7 +341,7 @@ def _to_family(result, like, device_given):
 
 def select(features, labels, ratio=None, threshold=None, *, scores=None, rank=None,
            min_per_identity=1, per_identity=False, seed=0, device=None, return_info=False,
-           progress=False):
+           progress=False, block_size=None, max_memory=None, distributed=None):
     """Indices of the core set: Face-NMS within each identity.
 
     Args:
@@ -360,11 +360,25 @@ def select(features, labels, ratio=None, threshold=None, *, scores=None, rank=No
         device: run there (e.g. "cuda" for numpy input); default: where features are.
         return_info: also return a SelectionInfo.
         progress: show a progress bar.
+        block_size, max_memory: stream the features one block of identities at
+            a time, of block_size faces or of max_memory bytes for two blocks
+            (default 1 GiB). Memory-mapped arrays and paths to a .npy always
+            stream; see facenms.streaming. Same result as in memory.
+        distributed: split the identities over the ranks of torch.distributed
+            (default: when it is initialised with several processes); every
+            rank returns the whole result. See facenms.distributed.
 
     Returns:
         Sorted int64 indices of the kept faces, in the array family and on the
         device of ``features`` (and a SelectionInfo with return_info=True).
     """
+    from . import streaming  # larger than memory, or several processes
+    if streaming.wanted(features, block_size, max_memory, distributed):
+        return streaming.select(
+            features, labels, ratio, threshold, scores=scores, rank=rank,
+            min_per_identity=min_per_identity, per_identity=per_identity, seed=seed,
+            device=device, return_info=return_info, progress=progress, block_size=block_size,
+            max_memory=max_memory, distributed=distributed)
     t0 = time.perf_counter()
     rank = _validate(ratio, threshold, rank, scores, min_per_identity, per_identity)
     x = _check_features(as_tensor(features, "features"))
