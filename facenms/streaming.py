@@ -55,11 +55,17 @@ def wanted(features, block_size=None, max_memory=None, distributed=None):
     """Whether select() should stream (see the module doc)."""
     if distributed or (distributed is None and active()):
         return True
-    if isinstance(features, (str, os.PathLike)) or _is_mapped(features):
+    if _is_path(features) or _is_mapped(features):
         return True
     if block_size is not None:
         return True
     return max_memory is not None and _nbytes(features) > max_memory
+
+
+def _is_path(a):
+    """A .npy path or an existing file (any other string is a type error later)."""
+    return isinstance(a, (str, os.PathLike)) and (
+        os.fspath(a).endswith(".npy") or os.path.isfile(a))
 
 
 def open_features(features):
@@ -67,7 +73,7 @@ def open_features(features):
     if isinstance(features, (str, os.PathLike)):
         path = os.fspath(features)
         if not os.path.exists(path):
-            raise ValueError("features file not found: %s" % path)
+            raise FileNotFoundError("features file not found: %s" % path)
         try:
             return np.load(path, mmap_mode="r")
         except ValueError as e:
