@@ -84,11 +84,12 @@ def open_features(features):
 class _Reader:
     """Gathers rows of a 2-D numpy array (memory-mapped or not) into RAM.
 
-    Rows are read in ascending order; long runs of consecutive rows (a file in
-    identity order) are copied as slices, which the kernel turns into
-    sequential reads with read-ahead. Afterwards the mapping's pages are
-    dropped from this process (they stay in the page cache), so resident
-    memory does not grow with the bytes read.
+    Rows are read in ascending order. Long runs of consecutive rows (a file in
+    identity order) of a memory-mapped .npy are read with pread() straight
+    into the block, sequential reads with the kernel's read-ahead that never
+    map a page into this process. Scattered rows are gathered through the
+    mapping, whose pages are then dropped from this process (they stay in the
+    page cache), so resident memory does not grow with the bytes read.
     """
 
     def __init__(self, arr):
@@ -98,22 +99,48 @@ class _Reader:
             mm = mm.base
         self.mm = mm._mmap if isinstance(mm, np.memmap) else (
             mm if isinstance(mm, mmap.mmap) else None)
+        self.file = None  # (path, file position of row 0, bytes between rows)
+        if isinstance(arr, np.memmap) and arr.ndim == 2 and self.mm is not None and \
+                arr.strides[1] == arr.itemsize and arr.strides[0] >= 0 and \
+                isinstance(arr.filename, str) and os.path.isfile(arr.filename):
+            # the mapping starts at the granularity boundary below arr.offset
+            start = arr.offset - arr.offset % mmap.ALLOCATIONGRANULARITY
+            base = np.frombuffer(self.mm, dtype=np.uint8, count=1).ctypes.data
+            self.file = (arr.filename, start + arr.ctypes.data - base, arr.strides[0])
 
     def read(self, rows):
         """arr[rows] for ascending int64 rows, as a C-contiguous array."""
         if len(rows) == 0:
             return np.empty((0,) + self.arr.shape[1:], self.arr.dtype)
         cut = np.flatnonzero(np.diff(rows) != 1) + 1
-        if len(cut) + 1 <= max(1, len(rows) // 16):
-            out = np.empty((len(rows),) + self.arr.shape[1:], self.arr.dtype)
-            starts = np.concatenate([[0], cut])
-            ends = np.concatenate([cut, [len(rows)]])
-            for s, e in zip(starts.tolist(), ends.tolist()):
-                out[s:e] = self.arr[rows[s]:rows[s] + (e - s)]
-        else:
+        if len(cut) + 1 > max(1, len(rows) // 16):
             out = np.take(self.arr, rows, axis=0)
-        self.release()
-        return np.ascontiguousarray(out)
+            self.release()
+            return np.ascontiguousarray(out)
+        out = np.empty((len(rows),) + self.arr.shape[1:], self.arr.dtype)
+        starts = np.concatenate([[0], cut]).tolist()
+        ends = np.concatenate([cut, [len(rows)]]).tolist()
+        if self.file is None:
+            for s, e in zip(starts, ends):
+                out[s:e] = self.arr[rows[s]:rows[s] + (e - s)]
+            self.release()
+            return out
+        path, pos0, stride = self.file
+        row_bytes = out.shape[1] * out.itemsize
+        view = memoryview(out.reshape(len(rows), -1).view(np.uint8)).cast("B")
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for s, e in zip(starts, ends):
+                if stride != row_bytes:  # padded rows: one read per row
+                    for i in range(s, e):
+                        _pread_all(fd, view[i * row_bytes:(i + 1) * row_bytes],
+                                   pos0 + int(rows[i]) * stride)
+                else:
+                    _pread_all(fd, view[s * row_bytes:e * row_bytes],
+                               pos0 + int(rows[s]) * stride)
+        finally:
+            os.close(fd)
+        return out
 
     def load(self, pos):
         """The rows `pos` in RAM: (features, local indices of pos, local -> caller row)."""
@@ -131,6 +158,16 @@ class _Reader:
                 self.mm.madvise(mmap.MADV_DONTNEED)
             except (OSError, ValueError):  # pragma: no cover - not every platform
                 pass
+
+
+def _pread_all(fd, buf, pos):
+    """Fill buf from file position pos (pread may return less than asked)."""
+    done = 0
+    while done < len(buf):
+        got = os.preadv(fd, [buf[done:]], pos + done)
+        if got <= 0:
+            raise OSError("features file ended early at byte %d" % (pos + done))
+        done += got
 
 
 def _bad_row_message(row, kind):

@@ -173,3 +173,16 @@ def test_two_process_torchrun_equals_one_process(shuffled, tmp_path):
         got["per_identity"],
         np.flatnonzero(part)[facenms.select(x[part], labels[part], ratio=0.5, per_identity=True,
                                             min_per_identity=2)])
+
+
+def test_reader_reads_views_of_memory_maps(tmp_path):
+    a = np.random.default_rng(0).standard_normal((3000, 7)).astype(np.float16)
+    np.save(tmp_path / "a.npy", a)
+    mm = np.load(tmp_path / "a.npy", mmap_mode="r")
+    raw = np.memmap(tmp_path / "a.npy", dtype=np.float16, mode="r", offset=128, shape=a.shape)
+    rows = np.concatenate([np.arange(10, 900), np.arange(1000, 1400)])
+    scattered = np.arange(3, 1400, 3)
+    for arr, ref in ((mm, a), (mm[100:], a[100:]), (mm[::2], a[::2]), (mm[:, :5], a[:, :5]),
+                     (raw[7:], a[7:])):
+        for r in (rows, scattered):
+            np.testing.assert_array_equal(streaming._Reader(arr).read(r), ref[r])
