@@ -1,6 +1,8 @@
 """Run by test_streaming.py under torchrun: selections split over the ranks.
 
     python -m torch.distributed.run --nproc_per_node=2 tests/dist_select.py F.npy L.npy OUT.npz
+
+writes OUT.npz (from the API) and OUT.npz.cli.npy (from `facenms select`).
 """
 import sys
 
@@ -24,6 +26,12 @@ results["ratio_in_memory"] = keep
 results["ratio_kept_per_identity"] = info.kept_per_identity
 
 import torch.distributed as dist  # noqa: E402
+
+from facenms import cli  # noqa: E402
+
+# the CLI under torchrun: distributed because WORLD_SIZE > 1; rank 0 writes
+cli.main(["select", "--features", features, "--labels", labels, "--threshold", "0.7",
+          "--block-size", "50000", "--out", out + ".cli.npy"])
 
 everyone = [None] * dist.get_world_size()
 dist.all_gather_object(everyone, {k: v.tolist() for k, v in results.items()})

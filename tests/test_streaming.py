@@ -164,6 +164,8 @@ def test_two_process_torchrun_equals_one_process(shuffled, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     got = np.load(out)
     np.testing.assert_array_equal(got["threshold"], want["threshold"])
+    np.testing.assert_array_equal(np.load(out + ".cli.npy"), want["threshold"])
+    assert proc.stdout.count("facenms select:") == 1  # only rank 0 reports
     keep, info = want["ratio"]
     np.testing.assert_array_equal(got["ratio"], keep)
     np.testing.assert_array_equal(got["ratio_in_memory"], keep)
