@@ -189,6 +189,11 @@ def main():
     p.add_argument("--ratio", type=float, default=0.6)
     p.add_argument("--skip-ratio", action="store_true", help="big file: threshold mode only")
     p.add_argument("--keep", action="store_true", help="leave the files")
+    p.add_argument("--reuse", action="store_true",
+                   help="use features.npy / labels.npy already in --dir (from --keep)")
+    p.add_argument("--full-only", action="store_true",
+                   help="only the selections on the whole file (no disk or in-memory runs)")
+    p.add_argument("--skip-threshold", action="store_true", help="big file: ratio mode only")
     args = p.parse_args()
 
     os.makedirs(args.dir, exist_ok=True)
@@ -199,41 +204,32 @@ def main():
     print("facenms out-of-core benchmark: %d faces x %d fp16 = %.1f GB, %d cores, load %s"
           % (args.faces, args.dim, gb, os.cpu_count(), os.getloadavg()), flush=True)
     try:
-        t = time.perf_counter()
-        sizes = write_features(feats, labels, args.faces, args.dim)
-        dt = time.perf_counter() - t
-        print("wrote %s in %.0f s (%.2f GB/s): %d identities, mean %.1f, max %d, "
-              "sum(n^2)/N %.0f" % (feats, dt, gb / dt, len(sizes), sizes.mean(), sizes.max(),
-                                   (sizes.astype(np.float64) ** 2).sum() / args.faces),
-              flush=True)
-        speed, total, dt = read_speed(feats)
-        print("disk: cold sequential read %.2f GB in %.1f s = %.2f GB/s" % (
-            total / 1e9, dt, speed), flush=True)
-
-        m = min(args.memory_faces, args.faces)
-        base = dict(features=feats, labels=labels, limit=m)
-        r_mem = run_child(dict(base, in_memory=True, threshold=args.threshold), keep + ".mem.npy")
-        show("in memory, threshold", r_mem)
-        drop_cache(feats)
-        r_str = run_child(dict(base, threshold=args.threshold, max_memory=args.max_memory),
-                          keep + ".str.npy")
-        show("streamed (cold), threshold", r_str)
-        same = np.array_equal(np.load(keep + ".mem.npy"), np.load(keep + ".str.npy"))
-        print("  streamed == in memory: %s" % same, flush=True)
-        r_mem = run_child(dict(base, in_memory=True, ratio=args.ratio), keep + ".mem.npy")
-        show("in memory, ratio", r_mem)
-        drop_cache(feats)
-        r_str = run_child(dict(base, ratio=args.ratio, max_memory=args.max_memory),
-                          keep + ".str.npy")
-        show("streamed (cold), ratio", r_str)
-        same &= np.array_equal(np.load(keep + ".mem.npy"), np.load(keep + ".str.npy"))
-        print("  streamed == in memory: %s" % same, flush=True)
-
-        if args.faces > m:
-            drop_cache(feats)
-            r = run_child(dict(features=feats, labels=labels, threshold=args.threshold,
-                               max_memory=args.max_memory), keep)
-            show("FULL streamed (cold), threshold", r)
+        if args.reuse:
+            sizes = np.bincount(np.load(labels))
+            if np.load(feats, mmap_mode="r").shape != (args.faces, args.dim):
+                raise SystemExit("--reuse: %s is not %d x %d" % (feats, args.faces, args.dim))
+            print("reusing %s" % feats)
+        else:
+            t = time.perf_counter()
+            sizes = write_features(feats, labels, args.faces, args.dim)
+            dt = time.perf_counter() - t
+            print("wrote %s in %.0f s (%.2f GB/s)" % (feats, dt, gb / dt))
+        print("%d identities, mean %.1f, max %d, sum(n^2)/N %.0f" % (
+            len(sizes), sizes.mean(), sizes.max(),
+            (sizes.astype(np.float64) ** 2).sum() / args.faces), flush=True)
+        if not args.full_only:
+            speed, total, dt = read_speed(feats)
+            print("disk: cold sequential read %.2f GB in %.1f s = %.2f GB/s" % (
+                total / 1e9, dt, speed), flush=True)
+            same = compare(args, feats, labels, keep)
+        else:
+            same = True
+        if args.faces > args.memory_faces or args.full_only:
+            if not args.skip_threshold:
+                drop_cache(feats)
+                r = run_child(dict(features=feats, labels=labels, threshold=args.threshold,
+                                   max_memory=args.max_memory), keep)
+                show("FULL streamed (cold), threshold", r)
             if not args.skip_ratio:
                 drop_cache(feats)
                 r = run_child(dict(features=feats, labels=labels, ratio=args.ratio,
@@ -246,6 +242,29 @@ def main():
             for f in (feats, labels, keep, keep + ".mem.npy", keep + ".str.npy"):
                 if os.path.exists(f):
                     os.remove(f)
+
+
+def compare(args, feats, labels, keep):
+    """In memory against streamed on the first --memory-faces faces; True if equal."""
+    m = min(args.memory_faces, args.faces)
+    base = dict(features=feats, labels=labels, limit=m)
+    r_mem = run_child(dict(base, in_memory=True, threshold=args.threshold), keep + ".mem.npy")
+    show("in memory, threshold", r_mem)
+    drop_cache(feats)
+    r_str = run_child(dict(base, threshold=args.threshold, max_memory=args.max_memory),
+                      keep + ".str.npy")
+    show("streamed (cold), threshold", r_str)
+    same = np.array_equal(np.load(keep + ".mem.npy"), np.load(keep + ".str.npy"))
+    print("  streamed == in memory: %s" % same, flush=True)
+    r_mem = run_child(dict(base, in_memory=True, ratio=args.ratio), keep + ".mem.npy")
+    show("in memory, ratio", r_mem)
+    drop_cache(feats)
+    r_str = run_child(dict(base, ratio=args.ratio, max_memory=args.max_memory),
+                      keep + ".str.npy")
+    show("streamed (cold), ratio", r_str)
+    same &= np.array_equal(np.load(keep + ".mem.npy"), np.load(keep + ".str.npy"))
+    print("  streamed == in memory: %s" % same, flush=True)
+    return same
 
 
 if __name__ == "__main__":
