@@ -1,6 +1,5 @@
 // Op schemas of the facenms library. Kernels register per backend in
 // cpu/*.cpp and cuda/*.cu.
-#include <Python.h>
 #include <torch/library.h>
 #include <torch/version.h>
 
@@ -13,11 +12,14 @@
 #define FACENMS_CUDA_ARCHS ""
 #endif
 
+#ifdef TORCH_EXTENSION_NAME  // built as the Python module facenms._C
+#include <Python.h>
 // The module only carries the ops; `import facenms._C` registers them.
 PyMODINIT_FUNC PyInit__C(void) {
   static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
   return PyModule_Create(&def);
 }
+#endif
 
 namespace facenms {
 

@@ -32,3 +32,32 @@ def threshold_away(x, labels, candidates=(0.0, 0.3, 0.5, 0.7, 0.9, -0.3), margin
 @pytest.fixture(params=DEVICES)
 def device(request):
     return request.param
+
+
+# ---------------------------------------------------- proxy training and extraction
+
+@pytest.fixture(scope="session")
+def tiny_npz(tmp_path_factory):
+    """tests/tinyfaces.py's in-memory dataset, saved for worker processes to load."""
+    import tinyfaces
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+    tinyfaces.save(tinyfaces.make(n_ids=6, per_id=8, size=32, seed=0), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_rec(tmp_path_factory):
+    """A generated insightface-layout RecordIO dataset (train.rec/.idx/property)."""
+    from facenms.data.synthetic import make_recordio
+    return make_recordio(tmp_path_factory.mktemp("rec") / "faces", num_identities=6,
+                         images_per_identity=(6, 9), size=32, seed=3)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny nets gain nothing from threads, and on a shared 2-core machine two
+    threads contend: one is several times faster. Restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -1,4 +1,6 @@
 """The torch ops themselves: schemas, fake kernels, lanes, argument checks."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -104,3 +106,27 @@ def test_threads_do_not_change_the_answer():
     finally:
         torch.set_num_threads(prev)
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_every_half_value_converts_exactly(dtype):
+    # all 65536 bit patterns; prepare's norm of a 1-element row is |value| in float64
+    h = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(dtype)
+    h = h[torch.isfinite(h.float()) & (h.float() != 0)].reshape(-1, 1)
+    norms, _ = ops.prepare(h, torch.arange(len(h)), torch.tensor([0, len(h)]))
+    assert torch.equal(norms, h.double().abs().reshape(-1))
+
+
+def test_missing_extension_is_a_loud_specific_error(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    src = os.path.dirname(facenms.__file__)
+    shutil.copytree(src, tmp_path / "facenms", ignore=shutil.ignore_patterns("*.so", "*.pyd"))
+    # -S: no site hooks, so no installed (editable) facenms; torch & co. via PYTHONPATH
+    site = os.path.dirname(os.path.dirname(torch.__file__))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), site]))
+    p = subprocess.run([sys.executable, "-S", "-c", "import facenms"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0
+    assert "facenms._C is not built" in p.stderr and "--no-build-isolation" in p.stderr

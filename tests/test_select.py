@@ -229,3 +229,10 @@ def test_first_bad_row_is_reported_in_caller_order():
     x[2, 1] = np.nan
     with pytest.raises(ValueError, match="row 2 has a non-finite"):
         facenms.select(x, np.array([3, 1, 2, 1, 0, 3]), threshold=0.5)
+
+
+def test_progress_bar_chunks_give_the_same_answer():
+    x, labels = webface_like(6000, dim=32, seed=7)
+    for kw in (dict(threshold=0.7), dict(ratio=0.6), dict(ratio=0.5, per_identity=True)):
+        np.testing.assert_array_equal(facenms.select(x, labels, progress=True, **kw),
+                                      facenms.select(x, labels, **kw))

@@ -16,15 +16,7 @@
 
 #include "../checks.h"
 #include "../nms_common.h"
-
-// Hot loops are compiled for AVX-512, AVX2 and a baseline; the dynamic loader
-// picks the best the CPU has, so one build runs everywhere at full speed.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FACENMS_CLONES \
-  __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
-#else
-#define FACENMS_CLONES
-#endif
+#include "cpu_common.h"
 
 namespace facenms {
 namespace {
@@ -39,7 +31,7 @@ namespace {
       const T* src = base + rows[i] * ld;                                                        \
       float ss = 0.f;                                                                            \
       _Pragma("omp simd reduction(+ : ss)") for (int64_t k = 0; k < d; ++k) {                    \
-        const float v = static_cast<float>(src[k]);                                              \
+        const float v = to_float(src[k]);                                                         \
         dst[k] = v;                                                                              \
         ss += v * v;                                                                             \
       }                                                                                          \
@@ -56,16 +48,33 @@ FACENMS_LOAD_ROWS(at::BFloat16)
 // 16 floats; GCC maps it to one zmm, two ymm or four xmm registers per clone.
 typedef float v16 __attribute__((vector_size(64)));
 
-inline v16 load16(const float* p) {
+FACENMS_INLINE v16 load16(const float* p) {
   v16 v;
   __builtin_memcpy(&v, p, sizeof(v));
   return v;
 }
 
-inline float hsum(v16 v) {
+FACENMS_INLINE float hsum(v16 v) {
   float s = 0.f;
   for (int k = 0; k < 16; ++k) s += v[k];
   return s;
+}
+
+// s[u] = <q, k[u]> for four kept rows at once: the candidate's chunk is
+// loaded once for four products.
+FACENMS_INLINE void dot4(const float* q, const float* const* k, int64_t d, float* s) {
+  const int64_t d16 = d & ~int64_t(15);
+  v16 a0 = {}, a1 = {}, a2 = {}, a3 = {};
+  for (int64_t c = 0; c < d16; c += 16) {
+    const v16 v = load16(q + c);
+    a0 += v * load16(k[0] + c);
+    a1 += v * load16(k[1] + c);
+    a2 += v * load16(k[2] + c);
+    a3 += v * load16(k[3] + c);
+  }
+  s[0] = hsum(a0), s[1] = hsum(a1), s[2] = hsum(a2), s[3] = hsum(a3);
+  for (int64_t c = d16; c < d; ++c)
+    for (int u = 0; u < 4; ++u) s[u] += q[c] * k[u][c];
 }
 
 // Greedy walk of one identity: y holds its n unit rows in rank order.
@@ -73,44 +82,21 @@ inline float hsum(v16 v) {
 FACENMS_CLONES void walk(const float* y, int64_t n, int64_t d, const double* thr, int lanes,
                          uint64_t* bits, int64_t* kept) {
   const uint64_t all = all_lanes(lanes);
-  const int64_t d16 = d & ~int64_t(15);
   int64_t nk = 0;  // faces kept in at least one lane: the only possible suppressors
+  float s[4];
   for (int64_t i = 0; i < n; ++i) {
-    const float* yi = y + i * d;
+    const float* q = y + i * d;
     uint64_t alive = all;
-    int64_t j = 0;
-    for (; j + 4 <= nk && alive; j += 4) {  // one candidate against four kept faces
-      const float* a = y + kept[j] * d;
-      const float* b = y + kept[j + 1] * d;
-      const float* c = y + kept[j + 2] * d;
-      const float* e = y + kept[j + 3] * d;
-      v16 v0 = {}, v1 = {}, v2 = {}, v3 = {};
-      for (int64_t k = 0; k < d16; k += 16) {
-        const v16 v = load16(yi + k);
-        v0 += v * load16(a + k);
-        v1 += v * load16(b + k);
-        v2 += v * load16(c + k);
-        v3 += v * load16(e + k);
-      }
-      float s0 = hsum(v0), s1 = hsum(v1), s2 = hsum(v2), s3 = hsum(v3);
-      for (int64_t k = d16; k < d; ++k) {
-        s0 += yi[k] * a[k];
-        s1 += yi[k] * b[k];
-        s2 += yi[k] * c[k];
-        s3 += yi[k] * e[k];
-      }
-      alive &= ~(bits[kept[j]] & lanes_below(thr, lanes, s0));
-      alive &= ~(bits[kept[j + 1]] & lanes_below(thr, lanes, s1));
-      alive &= ~(bits[kept[j + 2]] & lanes_below(thr, lanes, s2));
-      alive &= ~(bits[kept[j + 3]] & lanes_below(thr, lanes, s3));
-    }
-    for (; j < nk && alive; ++j) {
-      const float* a = y + kept[j] * d;
-      v16 v0 = {};
-      for (int64_t k = 0; k < d16; k += 16) v0 += load16(yi + k) * load16(a + k);
-      float s0 = hsum(v0);
-      for (int64_t k = d16; k < d; ++k) s0 += yi[k] * a[k];
-      alive &= ~(bits[kept[j]] & lanes_below(thr, lanes, s0));
+    // Newest kept faces first: a near-duplicate sits next to its original in
+    // rank order, so a suppressed face usually stops after a few products.
+    for (int64_t j = nk; j > 0 && alive;) {
+      const int m = j < 4 ? (int)j : 4;  // a short last group repeats a row
+      const float* k[4];
+      for (int u = 0; u < 4; ++u) k[u] = y + kept[j - 1 - (u < m ? u : 0)] * d;
+      dot4(q, k, d, s);
+      for (int u = 0; u < m; ++u)
+        alive &= ~(bits[kept[j - 1 - u]] & lanes_below(thr, lanes, s[u]));
+      j -= m;
     }
     bits[i] = alive;
     if (alive) kept[nk++] = i;

@@ -8,16 +8,10 @@
 #include <vector>
 
 #include "../checks.h"
+#include "cpu_common.h"
 
 namespace facenms {
 namespace {
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FACENMS_CLONES \
-  __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
-#else
-#define FACENMS_CLONES
-#endif
 
 // One identity: float64 norms of rows `rows` into norms[], the sum of the unit
 // rows into centre[], and its rows converted to float64 into buf (reused for
@@ -32,7 +26,7 @@ namespace {
       double* r = buf + i * d;                                                                 \
       double ss = 0.0;                                                                         \
       _Pragma("omp simd reduction(+ : ss)") for (int64_t k = 0; k < d; ++k) {                  \
-        r[k] = static_cast<double>(src[k]);                                                                             \
+        r[k] = to_double(src[k]);                                                                                        \
         ss += r[k] * r[k];                                                                     \
       }                                                                                        \
       norms[i] = std::sqrt(ss);                                                                \

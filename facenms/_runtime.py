@@ -1,0 +1,150 @@
+"""Pieces the proxy trainer and the extractor share: opening a dataset,
+torchrun process groups, image batches to model input, autocast, atomic writes."""
+import atexit
+import contextlib
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from ._atomic import AtomicFiles
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None, "none": None,
+              "fp32": None}
+
+
+def open_dataset(dataset):
+    """A FaceDataset from a path (through facenms.data), or the object itself."""
+    if isinstance(dataset, (str, os.PathLike)):
+        try:
+            from .data import open_dataset as _open
+        except ImportError as e:
+            raise ImportError("opening the dataset %s needs facenms.data, which failed to "
+                              "import: %s" % (os.fspath(dataset), e)) from e
+        return _open(dataset)
+    missing = [a for a in ("labels", "__getitem__", "__len__") if not hasattr(dataset, a)]
+    if missing:
+        raise TypeError("dataset must be a path or a FaceDataset-like object (labels, "
+                        "__len__, __getitem__ -> (uint8 CHW tensor, label)); %s lacks %s"
+                        % (type(dataset).__name__, ", ".join(missing)))
+    return dataset
+
+
+def dataset_labels(ds):
+    labels = np.asarray(ds.labels)
+    if labels.ndim != 1 or len(labels) != len(ds):
+        raise ValueError("dataset labels must be 1-D with one label per face (%d faces), "
+                         "got shape %s" % (len(ds), labels.shape))
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise TypeError("dataset labels must be integers, got %s" % labels.dtype)
+    return labels.astype(np.int64, copy=False)
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self):
+        return self.rank == 0
+
+    def barrier(self):
+        if self.world > 1:
+            dist.barrier()
+
+
+
+def _destroy_group():
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def setup_distributed(device=None):
+    """Joins the torchrun process group when WORLD_SIZE > 1 (nccl with CUDA,
+    gloo on CPU); a plain process is rank 0 of 1. A group made here lives until
+    the process exits, so that several stages (train, then extract) can run in
+    one torchrun process: destroying a group and making another on the same
+    rendezvous port hangs."""
+    world_env = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = ("cuda:%d" % (local_rank % torch.cuda.device_count())
+                  if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world_env > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        atexit.register(_destroy_group)
+    if dist.is_initialized():
+        return Dist(dist.get_rank(), dist.get_world_size(), device)
+    return Dist(0, 1, device)
+
+
+def autocast(device, amp):
+    """Autocast context for amp in {"bf16", "fp16", None}."""
+    if amp not in AMP_DTYPES:
+        raise ValueError("amp must be 'bf16', 'fp16' or None, got %r" % (amp,))
+    dtype = AMP_DTYPES[amp]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def to_input(images, device, size=None, mean=127.5, std=127.5):
+    """uint8 NCHW RGB -> float NCHW, (x - mean) / std (insightface: [-1, 1]),
+    resized to size x size when it differs. Done on the device: uint8 is 4x
+    less to copy than float."""
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError("expected a uint8 batch N x 3 x H x W, got %s %s"
+                         % (images.dtype, tuple(images.shape)))
+    x = images.to(device, non_blocking=True).float()
+    if size is not None and tuple(x.shape[-2:]) != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                          antialias=True)
+    return (x - mean) / std
+
+
+class IndexedFaces(torch.utils.data.Dataset):
+    """The faces ``indices`` of a dataset as (uint8 image, label, index); images of
+    another size than ``size`` are resized here (in the loader workers) so that
+    they batch."""
+
+    def __init__(self, dataset, indices=None, labels=None, size=None):
+        self.dataset = dataset
+        self.indices = np.arange(len(dataset)) if indices is None else np.asarray(indices)
+        self.labels = labels
+        self.size = size
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        j = int(self.indices[i])
+        img, label = self.dataset[j]
+        img = torch.as_tensor(img)
+        if img.dtype != torch.uint8 or img.dim() != 3 or img.shape[0] != 3:
+            raise ValueError("face %d: dataset returned %s %s, expected a uint8 3 x H x W "
+                             "image" % (j, img.dtype, tuple(img.shape)))
+        if self.size is not None and tuple(img.shape[1:]) != (self.size, self.size):
+            img = F.interpolate(img[None].float(), size=(self.size, self.size),
+                                mode="bilinear", align_corners=False, antialias=True)
+            img = img[0].round_().clamp_(0, 255).to(torch.uint8)
+        if self.labels is not None:
+            label = int(self.labels[i])
+        return img, int(label), j
+
+
+def atomic_torch_save(obj, path):
+    with AtomicFiles() as out:
+        torch.save(obj, out.open(path))
+
+
+def atomic_write_text(text, path):
+    with AtomicFiles() as out:
+        out.open(path, "w").write(text)

@@ -1,0 +1,293 @@
+"""Proxy model training: the cheap model whose embeddings drive the selection.
+
+A seeded fraction of the identities (or of the faces) is the proxy dataset;
+a small backbone with a margin-softmax head is trained on it with SGD,
+mixed precision, and torchrun/DDP when launched that way. A checkpoint is
+written atomically after every epoch and a rerun resumes from it.
+
+    ckpt = train_proxy("train.rec", "out/proxy", fraction=0.1, epochs=10)
+    model = load_proxy(ckpt)           # the backbone, in eval mode
+"""
+import math
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from . import _runtime as rt
+from .models import get_head, get_model
+
+FORMAT = "facenms-proxy/1"
+CHECKPOINT = "proxy.pt"
+SUBSETS = ("identities", "faces")
+SCHEDULES = ("cosine", "poly")
+# settings that must match for a checkpoint to be resumed
+_RESUME_KEYS = ("n_faces", "subset", "fraction", "seed", "backbone", "head",
+                "embedding_size", "input_size", "model_kwargs", "scale", "margin",
+                "epochs", "global_batch", "lr", "schedule", "warmup_epochs")
+
+
+def proxy_subset(labels, subset="identities", fraction=0.1, seed=0):
+    """The proxy dataset: (sorted face indices int64, their labels re-numbered
+    0..C-1 in the order of the original labels). ``subset="identities"`` takes
+    round(fraction * identities) whole identities, ``"faces"`` takes
+    round(fraction * faces) faces; the same seed gives the same subset."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError("labels must be 1-D, got shape %s" % (labels.shape,))
+    if subset not in SUBSETS:
+        raise ValueError("subset must be one of %s, got %r" % (SUBSETS, subset))
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError("fraction must be in (0, 1], got %r" % (fraction,))
+    ids, inv = np.unique(labels, return_inverse=True)
+    if len(ids) < 2:
+        raise ValueError("proxy training needs at least 2 identities, the dataset has %d"
+                         % len(ids))
+    rng = np.random.default_rng(seed)
+    if subset == "identities":
+        k = min(len(ids), max(2, int(round(fraction * len(ids)))))
+        chosen = np.sort(rng.choice(len(ids), size=k, replace=False))
+        idx = np.flatnonzero(np.isin(inv, chosen))
+        new = np.searchsorted(chosen, inv[idx])
+    else:
+        k = min(len(labels), max(2, int(round(fraction * len(labels)))))
+        idx = np.sort(rng.choice(len(labels), size=k, replace=False))
+        _, new = np.unique(inv[idx], return_inverse=True)
+        if new.max() < 1:
+            raise ValueError("the proxy subset of %d faces (fraction %g, seed %d) holds a "
+                             "single identity; raise the fraction" % (k, fraction, seed))
+    return idx.astype(np.int64), new.astype(np.int64)
+
+
+def lr_factor(step, total, warmup, schedule):
+    """LR multiplier at ``step`` of ``total``: linear warm-up over ``warmup``
+    steps, then cosine to 0 or polynomial (power 2, as insightface) to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    return (1.0 - t) ** 2
+
+
+class ProxyNet(nn.Module):
+    """Backbone + margin head as one module, so DDP syncs both."""
+
+    def __init__(self, backbone, head):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x, labels):
+        return self.head(self.backbone(x), labels)
+
+
+def _build(config, num_classes):
+    backbone = get_model(config["backbone"], embedding_size=config["embedding_size"],
+                         input_size=config["input_size"], **config["model_kwargs"])
+    head = get_head(config["head"], config["embedding_size"], num_classes,
+                    scale=config["scale"], margin=config["margin"])
+    return backbone, head
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """A proxy checkpoint as a dict (config, epoch, history, state dicts)."""
+    try:
+        ck = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise ValueError("cannot read proxy checkpoint %s: %s" % (path, e)) from e
+    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
+        raise ValueError("%s is not a facenms proxy checkpoint (format %r, expected %r)"
+                         % (path, ck.get("format") if isinstance(ck, dict) else None, FORMAT))
+    return ck
+
+
+def load_proxy(path, device="cpu"):
+    """The trained backbone of a proxy checkpoint, in eval mode on ``device``."""
+    ck = load_checkpoint(path)
+    backbone = get_model(ck["config"]["backbone"],
+                         embedding_size=ck["config"]["embedding_size"],
+                         input_size=ck["config"]["input_size"],
+                         **ck["config"]["model_kwargs"])
+    backbone.load_state_dict(ck["backbone"])
+    return backbone.to(device).eval()
+
+
+def _check_resumable(ck, config, path):
+    old = ck["config"]
+    diff = ["%s: checkpoint %r, now %r" % (k, old.get(k), config[k])
+            for k in _RESUME_KEYS if old.get(k) != config[k]]
+    if diff:
+        raise ValueError("cannot resume %s, it was trained with other settings (%s); "
+                         "delete it or pass resume=False" % (path, "; ".join(diff)))
+
+
+def _summary(config, ck_path, history, n_faces, n_classes, seconds=None, trained=True):
+    first, last = history[0], history[-1]
+    head = "proxy: %s+%s on %d faces of %d identities (%g%% of the %s, seed %d)" % (
+        config["backbone"], config["head"], n_faces, n_classes, 100 * config["fraction"],
+        config["subset"], config["seed"])
+    body = "loss %.4f -> %.4f (epoch %d -> %d of %d)" % (
+        first["loss"], last["loss"], first["epoch"], last["epoch"], config["epochs"])
+    tail = ("%.1f s" % seconds) if trained else "already trained"
+    return "%s; %s; %s -> %s" % (head, body, tail, ck_path)
+
+
+def train_proxy(dataset, out_dir, *, subset="identities", fraction=0.1, seed=0,
+                backbone="iresnet18", head="arcface", embedding_size=512, input_size=112,
+                epochs=10, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4,
+                schedule="cosine", warmup_epochs=0.0, scale=64.0, margin=None,
+                model_kwargs=None, amp="bf16", workers=2, resume=True, log_every=50,
+                device=None, progress=True, clip_grad=5.0):
+    """Trains a proxy model and returns the path of its checkpoint
+    (``out_dir/proxy.pt``). ``dataset``: a path for facenms.data.open_dataset
+    or a FaceDataset. ``batch_size`` is per process; under torchrun every rank
+    trains on its share (DistributedSampler) and rank 0 writes the checkpoint.
+    With ``resume`` a finished checkpoint is returned as is and an unfinished
+    one is continued from its last epoch. ``amp``: "bf16", "fp16" (with a
+    GradScaler) or None."""
+    t0 = time.time()
+    if schedule not in SCHEDULES:
+        raise ValueError("schedule must be one of %s, got %r" % (SCHEDULES, schedule))
+    if epochs < 1 or batch_size < 2:
+        raise ValueError("need epochs >= 1 and batch_size >= 2 (BatchNorm), got %r, %r"
+                         % (epochs, batch_size))
+    rt.autocast("cpu", amp)  # validates amp
+    ds = rt.open_dataset(dataset)
+    labels = rt.dataset_labels(ds)
+    d = rt.setup_distributed(device)
+    config = dict(
+        n_faces=len(ds), subset=subset, fraction=float(fraction), seed=int(seed),
+        backbone=backbone, head=head, embedding_size=int(embedding_size),
+        input_size=int(input_size), model_kwargs=dict(model_kwargs or {}),
+        scale=float(scale), margin=None if margin is None else float(margin),
+        epochs=int(epochs), global_batch=int(batch_size) * d.world, lr=float(lr),
+        momentum=float(momentum), weight_decay=float(weight_decay),
+        schedule=schedule, warmup_epochs=float(warmup_epochs), amp=amp)
+    return _train(ds, labels, out_dir, config, d, batch_size, workers, resume,
+                  log_every, progress, clip_grad, t0)
+
+
+def _train(ds, labels, out_dir, config, d, batch_size, workers, resume, log_every,
+           progress, clip_grad, t0):
+    os.makedirs(out_dir, exist_ok=True)
+    ck_path = os.path.join(out_dir, CHECKPOINT)
+    idx, sub_labels = proxy_subset(labels, config["subset"], config["fraction"],
+                                   config["seed"])
+    n_classes = int(sub_labels.max()) + 1
+
+    ck = None
+    if resume and os.path.exists(ck_path):
+        ck = load_checkpoint(ck_path)
+        _check_resumable(ck, config, ck_path)
+        if ck["epoch"] >= config["epochs"]:
+            if d.main:
+                print(_summary(config, ck_path, ck["history"], len(idx), n_classes,
+                               trained=False), flush=True)
+            return ck_path
+
+    torch.manual_seed(config["seed"])  # the same initial weights on every rank
+    backbone, head = _build(config, n_classes)
+    net = ProxyNet(backbone, head).to(d.device)
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=config["lr"], momentum=config["momentum"],
+                          weight_decay=config["weight_decay"])
+    # fp16 gradients underflow without loss scaling; bf16 has float32's range
+    scaler = torch.amp.GradScaler(d.device.type, enabled=config["amp"] == "fp16")
+    start, history = 0, []
+    if ck is not None:
+        backbone.load_state_dict(ck["backbone"])
+        head.load_state_dict(ck["head"])
+        opt.load_state_dict(ck["optimizer"])
+        if ck.get("scaler"):
+            scaler.load_state_dict(ck["scaler"])
+        start, history = int(ck["epoch"]), list(ck["history"])
+    del ck
+
+    faces = rt.IndexedFaces(ds, idx, sub_labels, size=config["input_size"])
+    sampler = DistributedSampler(faces, num_replicas=d.world, rank=d.rank, shuffle=True,
+                                 seed=config["seed"], drop_last=True)
+    loader = DataLoader(faces, batch_size=batch_size, sampler=sampler, drop_last=True,
+                        num_workers=workers, pin_memory=d.device.type == "cuda",
+                        persistent_workers=workers > 0)
+    steps = len(loader)
+    if steps == 0:
+        raise ValueError("the proxy subset has %d faces, %d per process: not one full batch "
+                         "of %d; lower batch_size or raise fraction"
+                         % (len(faces), len(sampler), batch_size))
+    total = config["epochs"] * steps
+    warmup = int(round(config["warmup_epochs"] * steps))
+    done = start * steps  # a resumed schedule continues where the checkpoint stopped
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(done + s, total, warmup, config["schedule"]))
+    model = net
+    if d.world > 1:
+        model = DistributedDataParallel(
+            net, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+
+    bar = None
+    if progress and d.main:
+        from tqdm import tqdm
+        bar = tqdm(total=(config["epochs"] - start) * steps, desc="proxy", unit="batch",
+                   file=sys.stderr, dynamic_ncols=True)
+    for epoch in range(start, config["epochs"]):
+        te = time.time()
+        sampler.set_epoch(epoch)
+        model.train()
+        # horizontal flips drawn from (seed, epoch, rank): a rerun sees the same ones
+        gen = torch.Generator().manual_seed(
+            (config["seed"] * 1_000_003 + epoch) * 4099 + d.rank)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)
+        for step, (img, y, _) in enumerate(loader):
+            x = rt.to_input(img, d.device)
+            flip = (torch.rand(len(x), generator=gen) < 0.5).to(d.device)
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            y = y.to(d.device, non_blocking=True)
+            with rt.autocast(d.device, config["amp"]):
+                logits = model(x, y)
+            loss = F.cross_entropy(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if clip_grad:
+                scaler.unscale_(opt)
+                nn.utils.clip_grad_norm_(params, clip_grad)
+            scaler.step(opt)
+            scaler.update()
+            with warnings.catch_warnings():  # a step the scaler skipped (inf grads) is fine
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
+                sched.step()
+            loss_sum += loss.detach().double()
+            if bar is not None:
+                bar.update()
+                if step % max(1, log_every) == 0:
+                    bar.set_postfix(epoch=epoch + 1, loss="%.4f" % loss.item(),
+                                    lr="%.3g" % opt.param_groups[0]["lr"])
+        if d.world > 1:
+            torch.distributed.all_reduce(loss_sum)
+        mean = loss_sum.item() / (steps * d.world)
+        if not math.isfinite(mean):
+            raise FloatingPointError(
+                "proxy training diverged: mean loss %r in epoch %d; lower lr or use "
+                "amp='bf16' / None" % (mean, epoch + 1))
+        history.append(dict(epoch=epoch + 1, loss=mean, lr=opt.param_groups[0]["lr"],
+                            seconds=time.time() - te))
+        if d.main:
+            rt.atomic_torch_save(dict(
+                format=FORMAT, config=config, epoch=epoch + 1, history=history,
+                n_classes=n_classes, n_proxy_faces=len(idx),
+                backbone=backbone.state_dict(), head=head.state_dict(),
+                optimizer=opt.state_dict(), scaler=scaler.state_dict()), ck_path)
+        d.barrier()  # no rank runs ahead of the checkpoint it may have to resume from
+    if bar is not None:
+        bar.close()
+    if d.main:
+        print(_summary(config, ck_path, history, len(idx), n_classes, time.time() - t0),
+              flush=True)
+    return ck_path
