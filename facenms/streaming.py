@@ -413,7 +413,9 @@ def select(features, labels, ratio=None, threshold=None, *, scores=None, rank=No
             lo, hi = sel._sample_bracket(x_all, order.to(x_all.device), offsets.to(x_all.device),
                                          sizes.to(x_all.device), m, float(ratio), seed)
             src.release()
-            best = sel._search(run, round(float(ratio) * n), lo, hi, max_passes=5)
+            # the same search and tolerance as selection.select
+            best = sel._search(run, round(float(ratio) * n), lo, hi, max_passes=5,
+                               tol=n // 10_000)
             keep_pos = ((best.bits >> best.lane) & 1).bool()
             thr_used = best.t
         else:
@@ -438,8 +440,7 @@ def select(features, labels, ratio=None, threshold=None, *, scores=None, rank=No
         kept_per = comm.sum(kept_per)
     else:
         result = torch.sort(mine).values
-    like = features if not isinstance(features, np.ndarray) else np.empty(0)
-    out = sel._to_family(result.to(dev), like, device is not None)
+    out = sel._to_family(result.to(dev), features)
     timings["total"] = time.perf_counter() - t0
     if not return_info:
         return out
