@@ -149,13 +149,23 @@ class _Reader:
         return torch.from_numpy(data), torch.from_numpy(np.searchsorted(rows, pos)), rows
 
     def tensor(self):
-        """The whole array as a tensor without reading it (for the threshold sample)."""
+        """The whole array as a tensor without reading it (for the threshold sample).
+
+        Its few rows are then read through the mapping, without read-ahead:
+        read-ahead would map whole neighbourhoods of each sampled identity
+        into this process.
+        """
+        self._advise(mmap.MADV_RANDOM)
         return sel.as_tensor(self.arr, "features")
 
     def release(self):
+        self._advise(mmap.MADV_DONTNEED)
+        self._advise(mmap.MADV_NORMAL)
+
+    def _advise(self, how):
         if self.mm is not None and hasattr(self.mm, "madvise"):
             try:
-                self.mm.madvise(mmap.MADV_DONTNEED)
+                self.mm.madvise(how)
             except (OSError, ValueError):  # pragma: no cover - not every platform
                 pass
 
@@ -265,6 +275,7 @@ class _BlockRunner:
                     self.seconds["nms"] += time.perf_counter() - t
                 if self.bar is not None:
                     self.bar.update(b - a)
+                del x, x_h  # before the next read: at most two blocks resident
         if ranking:
             self._raise_if_bad(bad)
             self.ranked = True
