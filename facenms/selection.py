@@ -254,14 +254,9 @@ def _sample_bracket(x, order, offsets, sizes, min_keep, ratio, seed=0):
     Returns thresholds (lo, hi) whose sample ratios lie 2 points either side of
     the target, so one full pass over 64 thresholds there lands close.
     """
-    n = int(offsets[-1])
-    sample_faces = min(max(n // 8, 20_000), 200_000)
-    if n < 4 * sample_faces or len(sizes) < 200:
+    take = _sample_take(offsets, sizes, seed)
+    if take is None:
         return -1.0, 1.0
-    g = torch.Generator().manual_seed(seed)
-    pick = torch.randperm(len(sizes), generator=g)
-    sizes_h = sizes.cpu()[pick]
-    take = pick[: int(torch.searchsorted(sizes_h.cumsum(0), sample_faces)) + 1].sort().values
     take = take.to(order.device)
     sub_sizes = sizes[take]
     starts = offsets[take]
@@ -284,6 +279,18 @@ def _sample_bracket(x, order, offsets, sizes, min_keep, ratio, seed=0):
     if hi - lo < 1e-3:  # a flat sample curve: look a little wider
         lo, hi = max(-1.0, lo - 0.01), min(1.0, hi + 0.01)
     return lo, hi
+
+
+def _sample_take(offsets, sizes, seed):
+    """The identities (ascending, CPU) of the sample, or None: too few to sample."""
+    n = int(offsets[-1])
+    sample_faces = min(max(n // 8, 20_000), 200_000)
+    if n < 4 * sample_faces or len(sizes) < 200:
+        return None
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(sizes), generator=g)
+    sizes_h = sizes.cpu()[pick]
+    return pick[: int(torch.searchsorted(sizes_h.cumsum(0), sample_faces)) + 1].sort().values
 
 
 def _arange_within(sizes):

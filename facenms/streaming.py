@@ -84,12 +84,14 @@ def open_features(features):
 class _Reader:
     """Gathers rows of a 2-D numpy array (memory-mapped or not) into RAM.
 
-    Rows are read in ascending order. Long runs of consecutive rows (a file in
-    identity order) of a memory-mapped .npy are read with pread() straight
-    into the block, sequential reads with the kernel's read-ahead that never
-    map a page into this process. Scattered rows are gathered through the
-    mapping, whose pages are then dropped from this process (they stay in the
-    page cache), so resident memory does not grow with the bytes read.
+    Rows are read in ascending order. Rows of a memory-mapped .npy are read
+    with pread() straight into the block, one call per run of consecutive
+    rows (a file in identity order reads sequentially, with the kernel's
+    read-ahead). Pages are never mapped into this process: the page cache may
+    hold a file in large folios, and touching one row through the mapping can
+    map megabytes of its neighbours. Other arrays are gathered with
+    numpy (a memory map without a file we can open is then released with
+    madvise(MADV_DONTNEED)).
     """
 
     def __init__(self, arr):
@@ -113,7 +115,7 @@ class _Reader:
         if len(rows) == 0:
             return np.empty((0,) + self.arr.shape[1:], self.arr.dtype)
         cut = np.flatnonzero(np.diff(rows) != 1) + 1
-        if len(cut) + 1 > max(1, len(rows) // 16):
+        if self.file is None and len(cut) + 1 > max(1, len(rows) // 16):
             out = np.take(self.arr, rows, axis=0)
             self.release()
             return np.ascontiguousarray(out)
@@ -148,24 +150,10 @@ class _Reader:
         data = self.read(rows)
         return torch.from_numpy(data), torch.from_numpy(np.searchsorted(rows, pos)), rows
 
-    def tensor(self):
-        """The whole array as a tensor without reading it (for the threshold sample).
-
-        Its few rows are then read through the mapping, without read-ahead:
-        read-ahead would map whole neighbourhoods of each sampled identity
-        into this process.
-        """
-        self._advise(mmap.MADV_RANDOM)
-        return sel.as_tensor(self.arr, "features")
-
     def release(self):
-        self._advise(mmap.MADV_DONTNEED)
-        self._advise(mmap.MADV_NORMAL)
-
-    def _advise(self, how):
         if self.mm is not None and hasattr(self.mm, "madvise"):
             try:
-                self.mm.madvise(how)
+                self.mm.madvise(mmap.MADV_DONTNEED)
             except (OSError, ValueError):  # pragma: no cover - not every platform
                 pass
 
@@ -338,6 +326,20 @@ def block_rows(d, itemsize, block_size=None, max_memory=None):
 
 # ------------------------------------------------------------------- API ----
 
+def _sample_rows(src, order, offsets, sizes, seed):
+    """Features and an order for selection._sample_bracket that hold only the rows
+    of the identities it samples (read here, in one sorted gather). The order
+    points every other position at row 0; the sample never reads those."""
+    take = sel._sample_take(offsets, sizes, seed)
+    if take is None:  # no sample is drawn: nothing to read
+        return torch.zeros(1, 1), torch.zeros_like(order)
+    pos = torch.repeat_interleave(offsets[take], sizes[take]) + sel._arange_within(sizes[take])
+    x_s, local, _ = src.load(order[pos].numpy())
+    order_s = torch.zeros_like(order)
+    order_s[pos] = local.to(order_s.device)
+    return x_s, order_s
+
+
 def _check_scores(scores, n):
     scores = sel.as_tensor(scores, "scores")
     if scores.dim() != 1 or scores.shape[0] != n:
@@ -420,10 +422,10 @@ def select(features, labels, ratio=None, threshold=None, *, scores=None, rank=No
                 mine = torch.zeros_like(order)
                 mine[a:b] = order[a:b]
                 order = comm.sum(mine)
-            x_all = src.tensor()  # the sample reads a few of its rows in place
-            lo, hi = sel._sample_bracket(x_all, order.to(x_all.device), offsets.to(x_all.device),
-                                         sizes.to(x_all.device), m, float(ratio), seed)
-            src.release()
+            x_s, order_s = _sample_rows(src, order, offsets, sizes, seed)
+            lo, hi = sel._sample_bracket(x_s.to(dev), order_s.to(dev), offsets.to(dev),
+                                         sizes.to(dev), m, float(ratio), seed)
+            del x_s, order_s
             # the same search and tolerance as selection.select
             best = sel._search(run, round(float(ratio) * n), lo, hi, max_passes=5,
                                tol=n // 10_000)
@@ -474,8 +476,3 @@ class _InPlace:
     def load(self, pos):
         return self.x, torch.from_numpy(pos), None
 
-    def tensor(self):
-        return self.x
-
-    def release(self):
-        pass
