@@ -1,8 +1,9 @@
-// Logic shared by the CPU and CUDA kernels: threshold lanes, scheduling.
-// Kept in __host__ __device__ functions so the CPU build (and its tests)
-// exercise exactly the code the GPU runs.
+// Logic shared by the CPU and CUDA kernels: threshold lanes, scheduling,
+// tiling and the min_keep fill. Kept in __host__ __device__ functions so the
+// CPU build (and its tests) exercise exactly the code the GPU runs.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #if defined(__CUDACC__)
@@ -16,6 +17,14 @@ namespace facenms {
 // Up to 64 thresholds run in one pass, one bit of a uint64 per threshold.
 constexpr int kMaxLanes = 64;
 
+// Identities of at most this many faces are done by one warp on the GPU,
+// similarities and walk fused in shared memory. Larger ones go through
+// kTile x kTile similarity tiles and a byte mask in global memory.
+constexpr int kWarpMax = 32;
+constexpr int kTile = 64;
+// Their walk runs in one warp up to this size, in a 256-thread block above.
+constexpr int kWalkWideMin = 256;
+
 // Bits 0..p-1 set.
 FACENMS_HD uint64_t prefix_mask(int p) {
   return p >= 64 ? ~uint64_t(0) : ((uint64_t(1) << p) - 1);
@@ -24,15 +33,21 @@ FACENMS_HD uint64_t prefix_mask(int p) {
 // All lanes of a pass with `lanes` thresholds.
 FACENMS_HD uint64_t all_lanes(int lanes) { return prefix_mask(lanes); }
 
-// Lanes j with thr[j] < sim, i.e. the lanes in which a kept face at
-// similarity `sim` suppresses. `thr` is ascending, so they form a prefix.
-FACENMS_HD uint64_t lanes_below(const double* thr, int lanes, double sim) {
-  int lo = 0, hi = lanes;  // count of thresholds < sim, by bisection
+// How many thresholds lie strictly below sim, i.e. in how many lanes a kept
+// face at similarity `sim` suppresses. `thr` is ascending, so those lanes
+// form a prefix. NaN suppresses nowhere.
+FACENMS_HD int count_below(const double* thr, int lanes, double sim) {
+  int lo = 0, hi = lanes;  // by bisection
   while (lo < hi) {
     int mid = (lo + hi) >> 1;
     if (thr[mid] < sim) lo = mid + 1; else hi = mid;
   }
-  return prefix_mask(lo);
+  return lo;
+}
+
+// The lanes in which a kept face at similarity `sim` suppresses.
+FACENMS_HD uint64_t lanes_below(const double* thr, int lanes, double sim) {
+  return prefix_mask(count_below(thr, lanes, sim));
 }
 
 // Faces an identity must keep whatever the threshold: min(m, n).
@@ -41,5 +56,81 @@ FACENMS_HD int64_t min_keep(int64_t m, int64_t n) { return m < n ? m : n; }
 // Pairs the walk of an identity of n faces may compare: its cost estimate,
 // used to schedule the largest identities first.
 FACENMS_HD int64_t identity_cost(int64_t n) { return n * (n - 1) / 2; }
+
+FACENMS_HD int popcount64(uint64_t v) {
+#if defined(__CUDA_ARCH__)
+  return __popcll(v);
+#else
+  return __builtin_popcountll(v);
+#endif
+}
+
+FACENMS_HD int lowest_bit(uint64_t v) {  // v != 0
+#if defined(__CUDA_ARCH__)
+  return __ffsll((long long)v) - 1;
+#else
+  return __builtin_ctzll(v);
+#endif
+}
+
+// cnt[j] = faces kept in lane j, for j < lanes.
+FACENMS_HD void count_lanes(const uint64_t* bits, int64_t n, int lanes, int64_t* cnt) {
+  for (int j = 0; j < lanes; ++j) cnt[j] = 0;
+  for (int64_t i = 0; i < n; ++i)
+    for (uint64_t b = bits[i]; b; b &= b - 1) ++cnt[lowest_bit(b)];
+}
+
+// Lanes that kept fewer than `need` faces take back their best-ranked
+// suppressed faces (bits in rank order) until they have `need`; cnt is
+// updated.
+FACENMS_HD void fill_short_lanes(uint64_t* bits, int64_t n, int lanes, int64_t need,
+                                 int64_t* cnt) {
+  uint64_t short_lanes = 0;
+  for (int j = 0; j < lanes; ++j)
+    if (cnt[j] < need) short_lanes |= uint64_t(1) << j;
+  for (int64_t i = 0; i < n && short_lanes; ++i) {
+    const uint64_t add = short_lanes & ~bits[i];
+    bits[i] |= add;
+    for (uint64_t b = add; b; b &= b - 1) {
+      const int j = lowest_bit(b);
+      if (++cnt[j] >= need) short_lanes &= ~(uint64_t(1) << j);
+    }
+  }
+}
+
+// ---- tiling of identities larger than kWarpMax ---------------------------
+// An identity of n faces is cut into blocks of kTile faces; tile (kb, mb)
+// holds the similarities of suppressor block kb with candidate block mb,
+// kb <= mb (only earlier faces suppress). Its byte mask is a square of side
+// mask_side(n): byte [k][m] (k < m) = count_below(sim(k, m)).
+
+FACENMS_HD bool is_large(int64_t n) { return n > kWarpMax; }
+FACENMS_HD int64_t tile_blocks(int64_t n) { return (n + kTile - 1) / kTile; }
+FACENMS_HD int64_t tile_count(int64_t n) {
+  const int64_t nb = is_large(n) ? tile_blocks(n) : 0;
+  return nb * (nb + 1) / 2;
+}
+FACENMS_HD int64_t mask_side(int64_t n) { return is_large(n) ? tile_blocks(n) * kTile : 0; }
+FACENMS_HD int64_t mask_bytes(int64_t n) { return mask_side(n) * mask_side(n); }
+
+// Tiles of one identity are numbered mb-major: t = mb * (mb + 1) / 2 + kb.
+FACENMS_HD void tile_decode(int64_t t, int64_t* kb, int64_t* mb) {
+  int64_t m = (int64_t)((sqrt(8.0 * (double)t + 1.0) - 1.0) * 0.5);
+  while (m * (m + 1) / 2 > t) --m;  // the square root may be off by one
+  while ((m + 1) * (m + 2) / 2 <= t) ++m;
+  *mb = m;
+  *kb = t - m * (m + 1) / 2;
+}
+
+// First index i in [0, n) with a[i] > v (a ascending), n if none: finds the
+// identity of a tile from the inclusive prefix sums of tile counts.
+FACENMS_HD int64_t upper_bound(const int64_t* a, int64_t n, int64_t v) {
+  int64_t lo = 0, hi = n;
+  while (lo < hi) {
+    int64_t mid = lo + ((hi - lo) >> 1);
+    if (a[mid] <= v) lo = mid + 1; else hi = mid;
+  }
+  return lo;
+}
 
 }  // namespace facenms

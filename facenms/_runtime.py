@@ -61,6 +61,10 @@ class Dist:
 
 def _destroy_group():
     if dist.is_initialized():
+        try:
+            dist.barrier()  # leave together: a rank closing early can abort another
+        except Exception:  # another rank is already gone; nothing left to wait for
+            pass
         dist.destroy_process_group()
 
 

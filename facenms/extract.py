@@ -311,6 +311,9 @@ def _on_all_ranks(d, fn):
         if d.main:
             raise out[1]
         raise RuntimeError("rank 0 failed: %s" % out[1])
+    # a broadcast returns on the sender first: hold rank 0 until every rank has
+    # the result, so it cannot run ahead (and exit, closing connections) mid-receive
+    d.barrier()
     return out[0]
 
 
@@ -369,7 +372,6 @@ def _run(ds, faces, labels, net, config, out_path, labels_path, d, workers, resu
             print("extract: %s already holds %d x %d features for these settings -> %s"
                   % (p["out"], n, config["dim"], p["out"]), flush=True)
         return p["out"]
-    d.barrier()
 
     todo = np.flatnonzero(np.fromfile(p["progress"], np.uint8) == 0)
     # every rank must split the same list: none may mark a batch done before all have read

@@ -106,20 +106,9 @@ FACENMS_CLONES void walk(const float* y, int64_t n, int64_t d, const double* thr
 // Lanes that kept fewer than `need` faces take back their best-ranked
 // suppressed faces; then counts[j] += kept faces in lane j.
 void fill_min_keep(uint64_t* bits, int64_t n, int lanes, int64_t need, int64_t* counts) {
-  int64_t cnt[kMaxLanes] = {0};
-  for (int64_t i = 0; i < n; ++i)
-    for (uint64_t b = bits[i]; b; b &= b - 1) ++cnt[__builtin_ctzll(b)];
-  uint64_t short_lanes = 0;
-  for (int j = 0; j < lanes; ++j)
-    if (cnt[j] < need) short_lanes |= uint64_t(1) << j;
-  for (int64_t i = 0; i < n && short_lanes; ++i) {
-    const uint64_t add = short_lanes & ~bits[i];
-    bits[i] |= add;
-    for (uint64_t b = add; b; b &= b - 1) {
-      const int j = __builtin_ctzll(b);
-      if (++cnt[j] >= need) short_lanes &= ~(uint64_t(1) << j);
-    }
-  }
+  int64_t cnt[kMaxLanes];
+  count_lanes(bits, n, lanes, cnt);
+  fill_short_lanes(bits, n, lanes, need, cnt);
   for (int j = 0; j < lanes; ++j) counts[j] += cnt[j];
 }
 

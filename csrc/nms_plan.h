@@ -1,0 +1,53 @@
+// The schedule of an nms pass, built from the CSR offsets with ATen ops on
+// the offsets' device (no host loop): identities by size, largest first, and
+// for those larger than kWarpMax their tiles and byte-mask slots. The CUDA
+// kernels consume it; the CPU build exposes it (facenms::_nms_plan) so tests
+// can check the tiling covers every pair exactly once.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "nms_common.h"
+
+namespace facenms {
+
+struct NmsPlan {
+  at::Tensor sched;      // (C,) identity ids, sizes descending, ties by id
+  at::Tensor sizes;      // (C,) their sizes
+  at::Tensor tile_cum;   // (C,) inclusive prefix sums of tile_count(size)
+  at::Tensor mask_base;  // (C,) exclusive prefix sums of mask_bytes(size)
+  int64_t n_large = 0;   // sched[:n_large] are the identities > kWarpMax
+  int64_t n_wide = 0;    // sched[:n_wide] are those > kWalkWideMin
+  int64_t n_tiles = 0;   // tiles over all of them
+  int64_t mask_total = 0;  // bytes of mask they need
+  int64_t max_size = 0;    // largest identity
+};
+
+// One small device-to-host copy (five scalars) sizes the workspace.
+inline NmsPlan make_plan(const at::Tensor& offsets) {
+  NmsPlan p;
+  const int64_t c = offsets.numel() - 1;
+  auto sizes = offsets.slice(0, 1) - offsets.slice(0, 0, c);
+  auto sorted = at::sort(sizes, /*stable=*/true, /*dim=*/0, /*descending=*/true);
+  p.sizes = std::get<0>(sorted).contiguous();
+  p.sched = std::get<1>(sorted).contiguous();
+  auto large = p.sizes.gt(kWarpMax);
+  auto nb = at::where(large, at::floor_divide(p.sizes + (kTile - 1), kTile),
+                      at::zeros_like(p.sizes));
+  p.tile_cum = at::cumsum(at::floor_divide(nb * (nb + 1), 2), 0).contiguous();
+  auto bytes = (nb * kTile) * (nb * kTile);
+  auto bytes_cum = at::cumsum(bytes, 0);
+  p.mask_base = (bytes_cum - bytes).contiguous();
+  auto host = at::stack({large.sum().to(at::kLong), p.tile_cum[c - 1], bytes_cum[c - 1],
+                         p.sizes[0], p.sizes.gt(kWalkWideMin).sum().to(at::kLong)})
+                  .cpu();
+  const int64_t* h = host.data_ptr<int64_t>();
+  p.n_large = h[0];
+  p.n_tiles = h[1];
+  p.mask_total = h[2];
+  p.max_size = h[3];
+  p.n_wide = h[4];
+  return p;
+}
+
+}  // namespace facenms
