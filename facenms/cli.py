@@ -43,10 +43,11 @@ def _add_selection_args(p):
 
 def _select(features, labels, args, scores=None):
     import facenms
+    from facenms import cli_scale
     return facenms.select(features, labels, ratio=args.ratio, threshold=args.threshold,
                           rank=args.rank, scores=scores, min_per_identity=args.min_per_identity,
                           per_identity=args.per_identity, device=args.device, return_info=True,
-                          progress=sys.stderr.isatty())
+                          progress=sys.stderr.isatty(), **cli_scale.select_kwargs(args))
 
 
 def cmd_select(args):
@@ -57,6 +58,9 @@ def cmd_select(args):
         keep, info = _select(feats, labels, args, scores)
     except (ValueError, TypeError) as e:
         raise SystemExit("facenms select: %s" % e)
+    from facenms import cli_scale
+    if not cli_scale.is_writer():  # every rank has the result; rank 0 writes it
+        return
     keep = np.asarray(keep.cpu() if hasattr(keep, "cpu") else keep)
     _atomic_save(args.out, keep)
     print("facenms select: " + info.summary())
@@ -233,6 +237,9 @@ def build_parser():
     s.add_argument("--out", required=True, help="where to write the kept indices (.npy)")
     s.add_argument("--info", help="also write a JSON summary here")
     s.set_defaults(func=cmd_select)
+    from facenms import cli_scale
+    cli_scale.add_select_args(s)
+    cli_scale.add_cli(sub)
 
     d = sub.add_parser("demo", help="the whole pipeline on generated images, then 60%% of 200k "
                                      "WebFace-like embeddings")

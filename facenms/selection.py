@@ -254,14 +254,9 @@ def _sample_bracket(x, order, offsets, sizes, min_keep, ratio, seed=0):
     Returns thresholds (lo, hi) whose sample ratios lie 2 points either side of
     the target, so one full pass over 64 thresholds there lands close.
     """
-    n = int(offsets[-1])
-    sample_faces = min(max(n // 8, 20_000), 200_000)
-    if n < 4 * sample_faces or len(sizes) < 200:
+    take = _sample_take(offsets, sizes, seed)
+    if take is None:
         return -1.0, 1.0
-    g = torch.Generator().manual_seed(seed)
-    pick = torch.randperm(len(sizes), generator=g)
-    sizes_h = sizes.cpu()[pick]
-    take = pick[: int(torch.searchsorted(sizes_h.cumsum(0), sample_faces)) + 1].sort().values
     take = take.to(order.device)
     sub_sizes = sizes[take]
     starts = offsets[take]
@@ -284,6 +279,18 @@ def _sample_bracket(x, order, offsets, sizes, min_keep, ratio, seed=0):
     if hi - lo < 1e-3:  # a flat sample curve: look a little wider
         lo, hi = max(-1.0, lo - 0.01), min(1.0, hi + 0.01)
     return lo, hi
+
+
+def _sample_take(offsets, sizes, seed):
+    """The identities (ascending, CPU) of the sample, or None: too few to sample."""
+    n = int(offsets[-1])
+    sample_faces = min(max(n // 8, 20_000), 200_000)
+    if n < 4 * sample_faces or len(sizes) < 200:
+        return None
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(sizes), generator=g)
+    sizes_h = sizes.cpu()[pick]
+    return pick[: int(torch.searchsorted(sizes_h.cumsum(0), sample_faces)) + 1].sort().values
 
 
 def _arange_within(sizes):
@@ -347,7 +354,7 @@ def _to_family(result, like):
 
 def select(features, labels, ratio=None, threshold=None, *, scores=None, rank=None,
            min_per_identity=1, per_identity=False, seed=0, device=None, return_info=False,
-           progress=False):
+           progress=False, block_size=None, max_memory=None, distributed=None):
     """Indices of the core set: Face-NMS within each identity.
 
     Args:
@@ -366,11 +373,25 @@ def select(features, labels, ratio=None, threshold=None, *, scores=None, rank=No
         device: run there (e.g. "cuda" for numpy input); default: where features are.
         return_info: also return a SelectionInfo.
         progress: show a progress bar.
+        block_size, max_memory: stream the features one block of identities at
+            a time, of block_size faces or of max_memory bytes for two blocks
+            (default 1 GiB). Memory-mapped arrays and paths to a .npy always
+            stream; see facenms.streaming. Same result as in memory.
+        distributed: split the identities over the ranks of torch.distributed
+            (default: when it is initialised with several processes); every
+            rank returns the whole result. See facenms.distributed.
 
     Returns:
         Sorted int64 indices of the kept faces, in the array family and on the
         device of ``features`` (and a SelectionInfo with return_info=True).
     """
+    from . import streaming  # larger than memory, or several processes
+    if streaming.wanted(features, block_size, max_memory, distributed):
+        return streaming.select(
+            features, labels, ratio, threshold, scores=scores, rank=rank,
+            min_per_identity=min_per_identity, per_identity=per_identity, seed=seed,
+            device=device, return_info=return_info, progress=progress, block_size=block_size,
+            max_memory=max_memory, distributed=distributed)
     t0 = time.perf_counter()
     rank = _validate(ratio, threshold, rank, scores, min_per_identity, per_identity)
     x = _check_features(as_tensor(features, "features"))

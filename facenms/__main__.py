@@ -1,0 +1,4 @@
+"""`python -m facenms ...` (also what torchrun -m facenms runs)."""
+from .cli import main
+
+main()
