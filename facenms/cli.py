@@ -240,6 +240,8 @@ def build_parser():
     from facenms import cli_scale
     cli_scale.add_select_args(s)
     cli_scale.add_cli(sub)
+    from facenms import report
+    report.add_cli(sub)
 
     d = sub.add_parser("demo", help="the whole pipeline on generated images, then 60%% of 200k "
                                      "WebFace-like embeddings")
