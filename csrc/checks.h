@@ -3,6 +3,8 @@
 
 #include <ATen/ATen.h>
 
+#include "nms_common.h"
+
 namespace facenms {
 
 inline void check_inputs(const at::Tensor& x, const at::Tensor& order, const at::Tensor& offsets,
@@ -38,6 +40,24 @@ inline void check_inputs(const at::Tensor& x, const at::Tensor& order, const at:
       TORCH_CHECK(o[i] >= 0 && o[i] < x.size(0), op, ": order[", i, "] = ", o[i],
                   " is not a row of features with ", x.size(0), " rows");
   }
+}
+
+// The thresholds of an nms call: float64, (T,) or (C, T), 1 <= T <= 64.
+// Returns T. Whether they ascend is checked by each backend.
+inline int check_thresholds(const at::Tensor& x, const at::Tensor& thresholds, int64_t n_ident,
+                            int64_t min_keep) {
+  TORCH_CHECK(thresholds.scalar_type() == at::kDouble && thresholds.is_contiguous() &&
+                  thresholds.device() == x.device(),
+              "nms: expected thresholds as a contiguous float64 tensor on ", x.device(), ", got ",
+              thresholds.scalar_type(), " on ", thresholds.device());
+  TORCH_CHECK(thresholds.dim() == 1 || (thresholds.dim() == 2 && thresholds.size(0) == n_ident),
+              "nms: expected thresholds of shape (T,) or (C, T) with C = ", n_ident,
+              " identities, got ", thresholds.sizes());
+  const int lanes = (int)thresholds.size(-1);
+  TORCH_CHECK(lanes >= 1 && lanes <= kMaxLanes, "nms: expected 1 to ", kMaxLanes,
+              " thresholds per pass, got ", lanes);
+  TORCH_CHECK(min_keep >= 0, "nms: min_keep must be >= 0, got ", min_keep);
+  return lanes;
 }
 
 }  // namespace facenms

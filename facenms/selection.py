@@ -69,6 +69,21 @@ def as_tensor(a, name):
                     % (name, type(a).__name__))
 
 
+def check_scores(scores, n, device):
+    """User ranking scores as float64 on `device`: one finite number per face."""
+    scores = as_tensor(scores, "scores")
+    if scores.dim() != 1 or scores.shape[0] != n:
+        raise ValueError("scores must be 1-D with one score per face (%d), got shape %s"
+                         % (n, tuple(scores.shape)))
+    if scores.dtype.is_complex or scores.dtype == torch.bool:
+        raise TypeError("scores must be real numbers, got %s" % scores.dtype)
+    scores = scores.to(device, torch.float64)
+    if not bool(torch.isfinite(scores).all()):
+        raise ValueError("scores[%d] is not finite" % int(
+            torch.nonzero(~torch.isfinite(scores))[0]))
+    return scores
+
+
 def _check_features(x):
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError("features must be float32, float16 or bfloat16 (float64 is accepted "
@@ -400,17 +415,7 @@ def select(features, labels, ratio=None, threshold=None, *, scores=None, rank=No
     n = x.shape[0]
     uniq, order, offsets, sizes = _group(labels, n, x.device)
     if scores is not None:
-        scores = as_tensor(scores, "scores")
-        if scores.dim() != 1 or scores.shape[0] != n:
-            raise ValueError("scores must be 1-D with one score per face (%d), got shape %s"
-                             % (n, tuple(scores.shape)))
-        if not scores.dtype.is_floating_point and scores.dtype not in (
-                torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8):
-            raise TypeError("scores must be real numbers, got %s" % scores.dtype)
-        scores = scores.to(x.device, torch.float64)
-        if not bool(torch.isfinite(scores).all()):
-            raise ValueError("scores[%d] is not finite" % int(
-                torch.nonzero(~torch.isfinite(scores))[0]))
+        scores = check_scores(scores, n, x.device)
     timings = {"group": time.perf_counter() - t0}
 
     t1 = time.perf_counter()
@@ -526,7 +531,7 @@ def curve(features, labels, thresholds=None, *, scores=None, rank=None, min_per_
     if n == 0:
         return ts.numpy(), np.zeros(len(ts))
     if scores is not None:
-        scores = as_tensor(scores, "scores").to(x.device, torch.float64)
+        scores = check_scores(scores, n, x.device)
     order = _rank(x, order, offsets, sizes, rank, scores, seed)
     run = _Runner(x, order, offsets, sizes, int(min_per_identity), progress)
     try:

@@ -340,21 +340,6 @@ def _sample_rows(src, order, offsets, sizes, seed):
     return x_s, order_s
 
 
-def _check_scores(scores, n):
-    scores = sel.as_tensor(scores, "scores")
-    if scores.dim() != 1 or scores.shape[0] != n:
-        raise ValueError("scores must be 1-D with one score per face (%d), got shape %s"
-                         % (n, tuple(scores.shape)))
-    if not scores.dtype.is_floating_point and scores.dtype not in (
-            torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8):
-        raise TypeError("scores must be real numbers, got %s" % scores.dtype)
-    scores = scores.to("cpu", torch.float64)
-    if not bool(torch.isfinite(scores).all()):
-        raise ValueError("scores[%d] is not finite" % int(
-            torch.nonzero(~torch.isfinite(scores))[0]))
-    return scores
-
-
 def _comm(distributed):
     if distributed is False or (distributed is None and not active()):
         return Comm.single()
@@ -394,7 +379,7 @@ def select(features, labels, ratio=None, threshold=None, *, scores=None, rank=No
     uniq, order, offsets, sizes = sel._group(labels, n, torch.device("cpu"))
     key = None
     if scores is not None:
-        key = _check_scores(scores, n)
+        key = sel.check_scores(scores, n, "cpu")
     elif rank == "random":  # the same draw as the in-memory path
         key = torch.from_numpy(np.random.default_rng(seed).permutation(n).astype(np.float64))
     bounds = split_identities(sizes.numpy(), comm.world)

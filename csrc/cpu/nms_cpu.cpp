@@ -155,18 +155,8 @@ std::tuple<at::Tensor, at::Tensor> nms_cpu(const at::Tensor& x, const at::Tensor
                                            const at::Tensor& thresholds, int64_t min_per_identity) {
   check_inputs(x, order, offsets, "nms");
   const int64_t n_ident = offsets.numel() - 1;
-  TORCH_CHECK(thresholds.scalar_type() == at::kDouble && thresholds.is_contiguous() &&
-                  thresholds.device() == x.device(),
-              "nms: expected thresholds as a contiguous float64 tensor on ", x.device(), ", got ",
-              thresholds.scalar_type(), " on ", thresholds.device());
+  const int lanes = check_thresholds(x, thresholds, n_ident, min_per_identity);
   const bool per_identity = thresholds.dim() == 2;
-  TORCH_CHECK(thresholds.dim() == 1 || (per_identity && thresholds.size(0) == n_ident),
-              "nms: expected thresholds of shape (T,) or (C, T) with C = ", n_ident,
-              " identities, got ", thresholds.sizes());
-  const int lanes = (int)thresholds.size(-1);
-  TORCH_CHECK(lanes >= 1 && lanes <= kMaxLanes, "nms: expected 1 to ", kMaxLanes,
-              " thresholds per pass, got ", lanes);
-  TORCH_CHECK(min_per_identity >= 0, "nms: min_keep must be >= 0, got ", min_per_identity);
   const double* thr = thresholds.data_ptr<double>();
   for (int64_t r = 0; r < thresholds.numel() / lanes; ++r)
     for (int j = 1; j < lanes; ++j)

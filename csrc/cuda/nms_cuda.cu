@@ -589,18 +589,8 @@ std::tuple<at::Tensor, at::Tensor> nms_cuda(const at::Tensor& x, const at::Tenso
   check_inputs(x, order, offsets, "nms");
   TORCH_CHECK(x.is_cuda(), "nms: expected CUDA tensors, got ", x.device());
   const int64_t n_ident = offsets.numel() - 1;
-  TORCH_CHECK(thresholds.scalar_type() == at::kDouble && thresholds.is_contiguous() &&
-                  thresholds.device() == x.device(),
-              "nms: expected thresholds as a contiguous float64 tensor on ", x.device(), ", got ",
-              thresholds.scalar_type(), " on ", thresholds.device());
+  const int lanes = check_thresholds(x, thresholds, n_ident, min_per_identity);
   const bool per_ident = thresholds.dim() == 2;
-  TORCH_CHECK(thresholds.dim() == 1 || (per_ident && thresholds.size(0) == n_ident),
-              "nms: expected thresholds of shape (T,) or (C, T) with C = ", n_ident,
-              " identities, got ", thresholds.sizes());
-  const int lanes = (int)thresholds.size(-1);
-  TORCH_CHECK(lanes >= 1 && lanes <= kMaxLanes, "nms: expected 1 to ", kMaxLanes,
-              " thresholds per pass, got ", lanes);
-  TORCH_CHECK(min_per_identity >= 0, "nms: min_keep must be >= 0, got ", min_per_identity);
   c10::cuda::CUDAGuard guard(x.device());
   if (lanes > 1 && thresholds.numel() > 0)
     TORCH_CHECK(at::all(thresholds.narrow(-1, 1, lanes - 1) >=
