@@ -30,7 +30,21 @@ def _fsync_dir(path):
         os.close(fd)
 
 
-class AtomicFiles:
+class _Transaction:
+    """`with` commits on success and aborts on an exception."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+        return False
+
+
+class AtomicFiles(_Transaction):
     """A group of output files, committed together or not at all.
 
         with AtomicFiles() as out:
@@ -106,18 +120,9 @@ class AtomicFiles:
                 pass
         self._made = []
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            self.commit()
-        else:
-            self.abort()
-        return False
 
 
-class AtomicDir:
+class AtomicDir(_Transaction):
     """Build a directory tree under a temporary name; rename it into place on success.
 
     `final` must not exist, or be an empty directory, unless overwrite=True (the
@@ -164,12 +169,3 @@ class AtomicDir:
             except OSError:
                 pass
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            self.commit()
-        else:
-            self.abort()
-        return False

@@ -1,6 +1,5 @@
 """The `facenms` command line."""
 import argparse
-import json
 import os
 import sys
 import time
@@ -15,17 +14,6 @@ def _load_array(path, what, mmap=True):
         return np.load(path, mmap_mode="r" if mmap else None)
     except ValueError as e:
         raise SystemExit("facenms: cannot read %s file %s: %s" % (what, path, e))
-
-
-def _atomic_save(path, arr):
-    """Write arr to path via a temporary name, so a crash leaves no partial file."""
-    tmp = "%s.tmp-%d.npy" % (path, os.getpid())
-    try:
-        np.save(tmp, arr)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _add_selection_args(p):
@@ -61,8 +49,8 @@ def cmd_select(args):
     from facenms import cli_scale
     if not cli_scale.is_writer():  # every rank has the result; rank 0 writes it
         return
-    keep = np.asarray(keep.cpu() if hasattr(keep, "cpu") else keep)
-    _atomic_save(args.out, keep)
+    from .export import save_indices
+    save_indices(args.out, keep)  # numpy or torch
     print("facenms select: " + info.summary())
     print("wrote %d indices to %s" % (len(keep), args.out))
     if args.info:
@@ -70,13 +58,11 @@ def cmd_select(args):
 
 
 def _write_info(path, info):
+    from .pipeline import write_json
     doc = {k: getattr(info, k) for k in ("threshold", "ratio", "target_ratio", "kept", "n_faces",
                                           "passes", "timings")}
     doc["n_identities"] = info.n_identities
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=2)
-    os.replace(tmp, path)
+    write_json(path, doc)
 
 
 DEMO_CONFIG = {  # small enough for a laptop CPU in about a minute
@@ -146,7 +132,8 @@ def cmd_demo(args):
                 "%d-%d" % (lo, hi - 1) if hi < 10 ** 9 else ">=%d" % lo, m.sum(),
                 100 * info.kept_per_identity[m].sum() / sizes[m].sum()))
     if args.out:
-        _atomic_save(args.out, np.asarray(keep))
+        from .export import save_indices
+        save_indices(args.out, keep)
         print("wrote %s" % args.out)
 
 

@@ -117,7 +117,7 @@ def run(config, stages=STAGES, progress=True):
             keep, info = facenms.select(feats, labels, return_info=True, progress=progress,
                                         **sel)
             ex.save_indices(paths["keep"], keep)
-            _write_json(paths["select_info"], dict(settings=sel, threshold=info.threshold,
+            write_json(paths["select_info"], dict(settings=sel, threshold=info.threshold,
                                                    ratio=info.ratio, kept=info.kept))
             _log("select", info.summary())
 
@@ -154,8 +154,9 @@ def _read_json(path):
         return {}
 
 
-def _write_json(path, doc):
-    tmp = "%s.tmp-%d" % (path, os.getpid())
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=2)
-    os.replace(tmp, path)
+def write_json(path, doc):
+    """A small JSON file, written atomically."""
+    from ._atomic import AtomicFiles
+    with AtomicFiles() as out:
+        with out.open(path, "w") as f:
+            json.dump(doc, f, indent=2)

@@ -252,13 +252,7 @@ def write_report(out_dir, features, labels, keep, *, threshold=None, eval_result
 # ----------------------------------------------------------------- CLI ----
 
 def _cmd_report(args):
-    def load(path, what, mmap=True):
-        if not os.path.exists(path):
-            raise SystemExit("facenms report: %s file not found: %s" % (what, path))
-        try:
-            return np.load(path, mmap_mode="r" if mmap else None)
-        except ValueError as e:
-            raise SystemExit("facenms report: cannot read %s file %s: %s" % (what, path, e))
+    from .cli import _load_array as load
     feats = load(args.features, "features")
     labels = load(args.labels, "labels", mmap=False)
     keep = load(args.keep, "keep", mmap=False)
