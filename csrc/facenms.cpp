@@ -55,6 +55,14 @@ TORCH_LIBRARY(facenms, m) {
   // min(min_keep, n) faces in every lane: its best-ranked suppressed ones.
   m.def("nms(Tensor x, Tensor order, Tensor offsets, Tensor thresholds, int min_keep)"
         " -> (Tensor, Tensor)");
+  // nms with the ranking done on the way: rows `order` of each identity are
+  // ranked by their sparsity scores (descending, or ascending with
+  // centrality; ties by the smaller row index) and walked at once, reading
+  // the features once. Returns the ranked order, bits and counts as nms
+  // does, and the smallest row that is zero or not finite (-1 if none;
+  // then its identity is not walked).
+  m.def("rank_nms(Tensor x, Tensor order, Tensor offsets, Tensor thresholds, int min_keep,"
+        " bool centrality) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("build_info", &build_info);
 }
 

@@ -127,15 +127,16 @@ def _group(labels, n, device):
     return uniq, order, offsets, sizes.long()
 
 
+def _fused(x, rank):
+    """The ranking rank_nms does inside the first pass (CPU: one read of the features)."""
+    return rank if x.device.type == "cpu" and rank in ("sparsity", "centrality") else None
+
+
 def _rank(x, order, offsets, sizes, rank, scores, seed):
     """Reorder each identity's rows by descending score, ties by smaller index."""
     norms, sparsity = ops.prepare(x, order, offsets)
-    bad = ~torch.isfinite(norms) | (norms == 0)
-    if bool(bad.any()):
-        row = int(order[bad].min())
-        val = x[row].double().norm()
-        raise ValueError("features row %d has %s" % (
-            row, "zero norm" if float(val) == 0 else "a non-finite value (NaN or Inf)"))
+    if bool((~torch.isfinite(norms) | (norms == 0)).any()):
+        _raise_bad_row(x)
     if rank == "sparsity":
         key = sparsity
     elif rank == "centrality":
@@ -154,6 +155,18 @@ def _rank(x, order, offsets, sizes, rank, scores, seed):
     return order[perm]
 
 
+def _raise_bad_row(x):
+    """ValueError naming the first row of x that is zero or not finite."""
+    for a in range(0, x.shape[0], 1 << 16):
+        norms = x[a:a + (1 << 16)].double().norm(dim=1)
+        bad = torch.nonzero(~torch.isfinite(norms) | (norms == 0)).reshape(-1)
+        if len(bad):
+            row = a + int(bad[0])
+            raise ValueError("features row %d has %s" % (row, "zero norm" if float(
+                norms[int(bad[0])]) == 0 else "a non-finite value (NaN or Inf)"))
+    raise AssertionError("no bad row in features")  # only called when a kernel saw one
+
+
 def _stable_argsort(t):
     """Ascending stable argsort; numpy's on the CPU (radix sort for integers)."""
     if t.device.type == "cpu":
@@ -166,8 +179,11 @@ def _stable_argsort(t):
 class _Runner:
     """Runs NMS passes, in chunks of identities when a progress bar is shown."""
 
-    def __init__(self, x, order, offsets, sizes, min_keep, progress):
+    def __init__(self, x, order, offsets, sizes, min_keep, progress, fuse=None):
+        # fuse: "sparsity" or "centrality" when `order` is not ranked yet; the
+        # first pass ranks it (rank_nms) and self.order becomes the rank order
         self.x, self.order, self.offsets, self.min_keep = x, order, offsets, min_keep
+        self.fuse = fuse
         self.passes = 0
         self.bar = None
         self.chunks = [(0, len(sizes))]
@@ -186,27 +202,39 @@ class _Runner:
         """bits (per rank position) and counts (shaped like thresholds)."""
         thresholds = thresholds.to(self.x.device, torch.float64).contiguous()
         self.passes += 1
-        if len(self.chunks) == 1:
-            return ops.nms(self.x, self.order, self.offsets, thresholds, self.min_keep)
         if self.bar is not None:
             self.bar.reset()
             self.bar.set_description("facenms pass %d" % self.passes)
-        bits, counts = [], []
+        ranked, bits, counts, bad = [], [], [], False
         for c0, c1 in self.chunks:
             a, b = int(self.bounds_host[c0]), int(self.bounds_host[c1])
             thr = thresholds[c0:c1] if thresholds.dim() == 2 else thresholds
-            bi, co = ops.nms(self.x, self.order[a:b], self.offsets[c0:c1 + 1] - a, thr,
-                             self.min_keep)
+            args = (self.x, self.order[a:b], self.offsets[c0:c1 + 1] - a, thr, self.min_keep)
+            if self.fuse:
+                rk, bi, co, first_bad = ops.rank_nms(*args, centrality=self.fuse == "centrality")
+                ranked.append(rk)
+                bad = bad or int(first_bad) >= 0
+            else:
+                bi, co = ops.nms(*args)
             bits.append(bi)
             counts.append(co)
             if self.bar is not None:
                 self.bar.update(b - a)
-        counts = torch.cat(counts) if thresholds.dim() == 2 else torch.stack(counts).sum(0)
-        return torch.cat(bits), counts
+        if bad:
+            _raise_bad_row(self.x)
+        if self.fuse:
+            self.order, self.fuse = _cat(ranked), None
+        if thresholds.dim() == 1:
+            counts = [sum(counts[1:], counts[0])]
+        return _cat(bits), _cat(counts)
 
     def close(self):
         if self.bar is not None:
             self.bar.close()
+
+
+def _cat(ts):
+    return ts[0] if len(ts) == 1 else torch.cat(ts)
 
 
 def _lanes(lo, hi, n=LANES):
@@ -263,11 +291,12 @@ def _search(run, target, lo=-1.0, hi=1.0, max_passes=4, tol=0, stop_width=1e-9):
     return best
 
 
-def _sample_bracket(x, order, offsets, sizes, min_keep, ratio, seed=0):
+def _sample_bracket(x, order, offsets, sizes, min_keep, ratio, seed=0, fuse=None):
     """Where to look for the global threshold: a cheap search on a sample of identities.
 
     Returns thresholds (lo, hi) whose sample ratios lie 2 points either side of
-    the target, so one full pass over 64 thresholds there lands close.
+    the target, so one full pass over 64 thresholds there lands close. With
+    `fuse`, `order` is not ranked yet (see _Runner).
     """
     take = _sample_take(offsets, sizes, seed)
     if take is None:
@@ -282,8 +311,10 @@ def _sample_bracket(x, order, offsets, sizes, min_keep, ratio, seed=0):
     n_s = int(sub_off[-1])
     points = []
 
+    passes = _Runner(x, sub_order, sub_off, sub_sizes, min_keep, False, fuse)
+
     def run(ts):
-        bits, counts = ops.nms(x, sub_order, sub_off, ts.to(x.device), min_keep)
+        bits, counts = passes(ts)
         points.extend(zip(ts.tolist(), (counts.cpu().double() / n_s).tolist()))
         return bits, counts
 
@@ -419,12 +450,13 @@ def select(features, labels, ratio=None, threshold=None, *, scores=None, rank=No
     timings = {"group": time.perf_counter() - t0}
 
     t1 = time.perf_counter()
-    if n > 0:
+    fuse = _fused(x, rank)
+    if n > 0 and not fuse:
         order = _rank(x, order, offsets, sizes, rank, scores, seed)
-    timings["rank"] = time.perf_counter() - t1
+    timings["rank"] = time.perf_counter() - t1  # with fuse: inside the first pass
 
     t2 = time.perf_counter()
-    run = _Runner(x, order, offsets, sizes, int(min_per_identity), progress)
+    run = _Runner(x, order, offsets, sizes, int(min_per_identity), progress, fuse)
     thr_used, per_thr = None, None
     try:
         if n == 0:
@@ -437,7 +469,7 @@ def select(features, labels, ratio=None, threshold=None, *, scores=None, rank=No
         elif not per_identity:
             target = round(float(ratio) * n)
             lo, hi = _sample_bracket(x, order, offsets, sizes, int(min_per_identity), float(ratio),
-                                     seed)
+                                     seed, fuse)
             # a count within 0.01% of the faces is as good as exact and saves a pass
             best = _search(run, target, lo, hi, max_passes=5, tol=n // 10_000)
             keep_pos = ((best.bits >> best.lane) & 1).bool()
@@ -449,7 +481,7 @@ def select(features, labels, ratio=None, threshold=None, *, scores=None, rank=No
     timings["nms"] = time.perf_counter() - t2
 
     mask = torch.zeros(n, dtype=torch.bool, device=x.device)
-    mask[order[keep_pos]] = True
+    mask[run.order[keep_pos]] = True
     result = torch.nonzero(mask).reshape(-1)  # ascending, without a sort
     kept_per = torch.zeros(len(uniq), dtype=torch.int64, device=x.device)
     if n > 0:
@@ -532,8 +564,10 @@ def curve(features, labels, thresholds=None, *, scores=None, rank=None, min_per_
         return ts.numpy(), np.zeros(len(ts))
     if scores is not None:
         scores = check_scores(scores, n, x.device)
-    order = _rank(x, order, offsets, sizes, rank, scores, seed)
-    run = _Runner(x, order, offsets, sizes, int(min_per_identity), progress)
+    fuse = _fused(x, rank)
+    if not fuse:
+        order = _rank(x, order, offsets, sizes, rank, scores, seed)
+    run = _Runner(x, order, offsets, sizes, int(min_per_identity), progress, fuse)
     try:
         _, counts = run(ts)
     finally:

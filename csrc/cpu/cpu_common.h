@@ -11,7 +11,7 @@
 // picks the best the CPU has, so one build runs everywhere at full speed.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define FACENMS_CLONES \
-  __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define FACENMS_CLONES
 #endif

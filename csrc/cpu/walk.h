@@ -1,0 +1,280 @@
+// The greedy walk of the CPU kernels, shared by facenms::nms and
+// facenms::rank_nms. Per identity, rows are normalised into a float32 scratch
+// block that stays in cache, then walked in rank order. Candidates go four at
+// a time: a 4 x 4 register tile of dot products (four candidates against four
+// kept faces, newest kept first) loads each row chunk once for four products;
+// a candidate leaves the tile as soon as every threshold lane has suppressed
+// it. No similarity matrix is ever stored. Identities run in parallel,
+// largest first, and while a thread walks one identity it prefetches the rows
+// of its next one, so reading memory overlaps with computing.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <numeric>
+#include <omp.h>
+#include <vector>
+
+#include "../checks.h"
+#include "../nms_common.h"
+#include "cpu_common.h"
+
+namespace facenms {
+namespace {
+
+// Rows are converted to float32 and scaled to unit norm. The loops sit
+// directly in the cloned function: a helper compiled for the baseline would
+// not be inlined into the AVX clones.
+#define FACENMS_LOAD_ROWS(T)                                                                     \
+  FACENMS_CLONES void load_rows(const T* base, int64_t ld, const int64_t* rows, int64_t n,       \
+                                int64_t d, float* dst) {                                         \
+    for (int64_t i = 0; i < n; ++i, dst += d) {                                                  \
+      const T* src = base + rows[i] * ld;                                                        \
+      float ss = 0.f;                                                                            \
+      _Pragma("omp simd reduction(+ : ss)") for (int64_t k = 0; k < d; ++k) {                    \
+        const float v = to_float(src[k]);                                                         \
+        dst[k] = v;                                                                              \
+        ss += v * v;                                                                             \
+      }                                                                                          \
+      const float inv = ss > 0.f ? 1.f / std::sqrt(ss) : 0.f;                                    \
+      _Pragma("omp simd") for (int64_t k = 0; k < d; ++k) dst[k] *= inv;                         \
+    }                                                                                            \
+  }
+FACENMS_LOAD_ROWS(float)
+FACENMS_LOAD_ROWS(double)
+FACENMS_LOAD_ROWS(at::Half)
+FACENMS_LOAD_ROWS(at::BFloat16)
+#undef FACENMS_LOAD_ROWS
+
+// Pulls the rows of a thread's next identity into L2, a few cache lines at a
+// time, from inside the walk of the current one.
+struct Prefetcher {
+  const char* base = nullptr;
+  int64_t row_stride = 0, row_bytes = 0;  // in bytes
+  const int64_t* rows = nullptr;
+  int64_t n = 0, i = 0, at = 0;
+
+  void start(const char* b, int64_t stride, int64_t bytes, const int64_t* r, int64_t count) {
+    base = b, row_stride = stride, row_bytes = bytes, rows = r, i = 0, at = 0;
+    n = std::min<int64_t>(count, (512 << 10) / std::max<int64_t>(bytes, 1));  // half of L2
+  }
+  FACENMS_INLINE void step(int lines) {
+    for (; lines > 0 && i < n; --lines) {
+      __builtin_prefetch(base + rows[i] * row_stride + at, 0, 2);
+      if ((at += 64) >= row_bytes) at = 0, ++i;
+    }
+  }
+};
+
+// 16 floats; GCC maps it to one zmm, two ymm or four xmm registers per clone.
+typedef float v16 __attribute__((vector_size(64)));
+
+FACENMS_INLINE v16 load16(const float* p) {
+  v16 v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+FACENMS_INLINE float hsum(v16 v) {
+  float s = 0.f;
+  for (int k = 0; k < 16; ++k) s += v[k];
+  return s;
+}
+
+// s[r][u] = <q[r], k[u]> for R candidates and four kept rows: 4R products
+// from R + 4 loads per chunk. Every pair's arithmetic is the same whatever R
+// is, so a similarity never depends on which tile computed it.
+template <int R>
+FACENMS_INLINE void tile(const float* const* q, const float* const* k, int64_t d,
+                         float (*s)[4]) {
+  const int64_t d16 = d & ~int64_t(15);
+  v16 acc[R][4];
+  for (int r = 0; r < R; ++r)
+    for (int u = 0; u < 4; ++u) acc[r][u] = v16{};
+  for (int64_t c = 0; c < d16; c += 16) {
+    const v16 k0 = load16(k[0] + c), k1 = load16(k[1] + c), k2 = load16(k[2] + c),
+              k3 = load16(k[3] + c);
+    for (int r = 0; r < R; ++r) {
+      const v16 v = load16(q[r] + c);
+      acc[r][0] += v * k0;
+      acc[r][1] += v * k1;
+      acc[r][2] += v * k2;
+      acc[r][3] += v * k3;
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int u = 0; u < 4; ++u) {
+      float t = hsum(acc[r][u]);
+      for (int64_t c = d16; c < d; ++c) t += q[r][c] * k[u][c];
+      s[r][u] = t;
+    }
+}
+
+FACENMS_INLINE void tile_n(int r, const float* const* q, const float* const* k, int64_t d,
+                           float (*s)[4]) {
+  switch (r) {
+    case 1: tile<1>(q, k, d, s); break;
+    case 2: tile<2>(q, k, d, s); break;
+    case 3: tile<3>(q, k, d, s); break;
+    default: tile<4>(q, k, d, s); break;
+  }
+}
+
+// alive &= the lanes in which a kept face with lanes `kept_bits` at
+// similarity s does not suppress. Most pairs lie below every threshold.
+FACENMS_INLINE void suppress(uint64_t& alive, uint64_t kept_bits, float s, const double* thr,
+                             int lanes) {
+  if (s > thr[0]) alive &= ~(kept_bits & lanes_below(thr, lanes, s));
+}
+
+// Greedy walk of one identity: y holds its n unit rows in rank order.
+// bits[i] gets the lanes in which face i is kept; `kept` is scratch.
+FACENMS_CLONES void walk(const float* y, int64_t n, int64_t d, const double* thr, int lanes,
+                         uint64_t* bits, int64_t* kept, Prefetcher& pf) {
+  constexpr int B = 4;
+  const uint64_t all = all_lanes(lanes);
+  int64_t nk = 0;  // faces kept in at least one lane: the only possible suppressors
+  float s[B][4];
+  for (int64_t i0 = 0; i0 < n; i0 += B) {
+    const int nb = n - i0 < B ? (int)(n - i0) : B;
+    uint64_t alive[B];
+    int act[B], na = nb;  // candidates still alive in some lane
+    for (int b = 0; b < nb; ++b) alive[b] = all, act[b] = b;
+    // Against the faces kept before the block, newest first: a near-duplicate
+    // sits next to its original in rank order, so it leaves early.
+    for (int64_t j = nk; j > 0 && na > 0;) {
+      const int m = j < 4 ? (int)j : 4;  // a short last group repeats a row
+      const float *k[4], *q[B];
+      for (int u = 0; u < 4; ++u) k[u] = y + kept[j - 1 - (u < m ? u : 0)] * d;
+      for (int r = 0; r < na; ++r) q[r] = y + (i0 + act[r]) * d;
+      tile_n(na, q, k, d, s);
+      pf.step(4 * na);
+      int w = 0;
+      for (int r = 0; r < na; ++r) {
+        uint64_t& a = alive[act[r]];
+        for (int u = 0; u < m; ++u) suppress(a, bits[kept[j - 1 - u]], s[r][u], thr, lanes);
+        if (a) act[w++] = act[r];
+      }
+      na = w;
+      j -= m;
+    }
+    // Within the block: candidate b against the block's faces 0..b-1, in order.
+    if (na > 0 && (na > 1 || act[0] > 0)) {
+      const float *k[4], *q[B];
+      for (int u = 0; u < 4; ++u) k[u] = y + (i0 + (u < nb - 1 ? u : 0)) * d;
+      int r = 0;
+      for (int t = 0; t < na; ++t)
+        if (act[t] > 0) q[r++] = y + (i0 + act[t]) * d;
+      tile_n(r, q, k, d, s);
+      for (int t = 0, r2 = 0; t < na; ++t) {
+        if (act[t] == 0) continue;
+        for (int c = 0; c < act[t]; ++c) suppress(alive[act[t]], alive[c], s[r2][c], thr, lanes);
+        ++r2;
+      }
+    }
+    for (int b = 0; b < nb; ++b) {
+      bits[i0 + b] = alive[b];
+      if (alive[b]) kept[nk++] = i0 + b;
+    }
+  }
+}
+
+// Lanes that kept fewer than `need` faces take back their best-ranked
+// suppressed faces; then counts[j] += kept faces in lane j.
+inline void fill_min_keep(uint64_t* bits, int64_t n, int lanes, int64_t need, int64_t* counts) {
+  int64_t cnt[kMaxLanes];
+  count_lanes(bits, n, lanes, cnt);
+  fill_short_lanes(bits, n, lanes, need, cnt);
+  for (int j = 0; j < lanes; ++j) counts[j] += cnt[j];
+}
+
+// Calls body(c, tid, prefetcher) for every identity c with faces, largest
+// first, on at::get_num_threads() threads. Each thread claims its next
+// identity before working on the current one and prefetches its rows
+// (rows order[offsets[c']..]) during the walk.
+template <typename T, typename Body>
+void for_each_identity(const T* base, int64_t ld, int64_t d, const int64_t* order,
+                       const int64_t* offsets, int64_t n_ident, int threads, Body body) {
+  std::vector<int64_t> sched;  // largest identities first balances the threads
+  sched.reserve(n_ident);
+  for (int64_t c = 0; c < n_ident; ++c)
+    if (offsets[c + 1] > offsets[c]) sched.push_back(c);
+  std::stable_sort(sched.begin(), sched.end(), [&](int64_t u, int64_t v) {
+    return offsets[u + 1] - offsets[u] > offsets[v + 1] - offsets[v];
+  });
+  const int64_t total = (int64_t)sched.size();
+  std::atomic<int64_t> next{0};
+#pragma omp parallel num_threads(threads)
+  {
+    const int tid = omp_get_thread_num();
+    Prefetcher pf;
+    int64_t s = next.fetch_add(1, std::memory_order_relaxed);
+    while (s < total) {
+      const int64_t s_next = next.fetch_add(1, std::memory_order_relaxed);
+      if (s_next < total) {
+        const int64_t c = sched[s_next];
+        pf.start(reinterpret_cast<const char*>(base), ld * (int64_t)sizeof(T),
+                 d * (int64_t)sizeof(T), order + offsets[c], offsets[c + 1] - offsets[c]);
+      } else {
+        pf.n = 0;
+      }
+      body(sched[s], tid, pf);
+      s = s_next;
+    }
+  }
+}
+
+// The walk of every identity: rows_of(c, tid) gives the rows of identity c
+// in rank order (nullptr: skip it). bits follow the rank positions; counts
+// are per lane, or per identity and lane when per_identity.
+template <typename T, typename RowsOf>
+void walk_identities(const at::Tensor& x, const int64_t* order, const int64_t* offsets,
+                     int64_t n_ident, const double* thr, bool per_identity, int lanes,
+                     int64_t min_per_identity, uint64_t* bits, int64_t* counts, RowsOf rows_of) {
+  const int64_t d = x.size(1), ld = x.stride(0);
+  const T* base = x.data_ptr<T>();
+  const int threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n_ident));
+  std::vector<std::vector<int64_t>> partial(threads, std::vector<int64_t>(per_identity ? 0 : lanes));
+  std::vector<std::vector<float>> ys(threads);
+  std::vector<std::vector<int64_t>> kepts(threads);
+  for_each_identity(base, ld, d, order, offsets, n_ident, threads,
+                    [&](int64_t c, int tid, Prefetcher& pf) {
+    const int64_t a = offsets[c], n = offsets[c + 1] - a;
+    const int64_t* rows = rows_of(c, tid);
+    if (rows == nullptr) return;
+    std::vector<float>& y = ys[tid];
+    std::vector<int64_t>& kept = kepts[tid];
+    if ((int64_t)y.size() < n * d) y.resize(n * d);
+    if ((int64_t)kept.size() < n) kept.resize(n);
+    load_rows(base, ld, rows, n, d, y.data());
+    const double* t = per_identity ? thr + c * lanes : thr;
+    walk(y.data(), n, d, t, lanes, bits + a, kept.data(), pf);
+    fill_min_keep(bits + a, n, lanes, min_keep(min_per_identity, n),
+                  per_identity ? counts + c * lanes : partial[tid].data());
+  });
+  if (!per_identity)
+    for (const auto& p : partial)
+      for (int j = 0; j < lanes; ++j) counts[j] += p[j];
+}
+
+// The (bits, counts) outputs of a pass, after checking the thresholds.
+inline std::tuple<at::Tensor, at::Tensor> nms_outputs(const at::Tensor& x, const at::Tensor& order,
+                                                      const at::Tensor& offsets,
+                                                      const at::Tensor& thresholds,
+                                                      int64_t min_keep, int* lanes) {
+  *lanes = check_thresholds(x, thresholds, offsets.numel() - 1, min_keep);
+  const double* thr = thresholds.data_ptr<double>();
+  for (int64_t r = 0; r < thresholds.numel() / *lanes; ++r)
+    for (int j = 1; j < *lanes; ++j)
+      TORCH_CHECK(thr[r * *lanes + j - 1] <= thr[r * *lanes + j],
+                  "nms: thresholds must be ascending in every row");
+  return {at::zeros({order.numel()}, order.options()), at::zeros(thresholds.sizes(), order.options())};
+}
+
+}  // namespace
+}  // namespace facenms
