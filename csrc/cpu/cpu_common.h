@@ -49,4 +49,82 @@ FACENMS_INLINE double to_double(double v) { return v; }
 template <typename T>
 FACENMS_INLINE double to_double(T v) { return static_cast<double>(to_float(v)); }
 
+// Fixed-width vectors; GCC maps each to zmm, ymm or xmm registers per clone.
+// Sums below use several accumulators in a fixed order, written out: the
+// result does not depend on the clone, and no chain of dependent adds limits
+// the speed.
+typedef float v16 __attribute__((vector_size(64)));
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v4 __attribute__((vector_size(16)));
+typedef double v8d __attribute__((vector_size(64)));
+typedef double v4d __attribute__((vector_size(32)));
+typedef double v2d __attribute__((vector_size(16)));
+
+FACENMS_INLINE v16 load16(const float* p) {
+  v16 v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <typename T>
+FACENMS_INLINE v16 load16(const T* p) {
+  v16 v;
+  for (int j = 0; j < 16; ++j) v[j] = to_float(p[j]);
+  return v;
+}
+template <typename T>
+FACENMS_INLINE v8d load8d(const T* p) {
+  v8d v;
+  for (int j = 0; j < 8; ++j) v[j] = to_double(p[j]);
+  return v;
+}
+
+// Sums as a fixed tree of halves.
+FACENMS_INLINE float hsum(v16 v) {
+  const v8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+               __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  const v4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+  return (b[0] + b[2]) + (b[1] + b[3]);
+}
+FACENMS_INLINE double hsum(v8d v) {
+  const v4d a = __builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7);
+  const v2d b = __builtin_shufflevector(a, a, 0, 1) + __builtin_shufflevector(a, a, 2, 3);
+  return b[0] + b[1];
+}
+
+// <a, b> in float64 (a, b of any element type).
+template <typename T, typename U>
+FACENMS_INLINE double dot_f64(const T* a, const U* b, int64_t d) {
+  v8d s0 = {}, s1 = {}, s2 = {}, s3 = {};
+  int64_t k = 0;
+  for (; k + 32 <= d; k += 32) {
+    s0 += load8d(a + k) * load8d(b + k);
+    s1 += load8d(a + k + 8) * load8d(b + k + 8);
+    s2 += load8d(a + k + 16) * load8d(b + k + 16);
+    s3 += load8d(a + k + 24) * load8d(b + k + 24);
+  }
+  for (; k + 8 <= d; k += 8) s0 += load8d(a + k) * load8d(b + k);
+  double t = hsum((s0 + s1) + (s2 + s3));
+  for (; k < d; ++k) t += to_double(a[k]) * to_double(b[k]);
+  return t;
+}
+
+// Sum of squares of a[0..d) in float32, converted from any element type.
+template <typename T>
+FACENMS_INLINE float sumsq_f32(const T* a, int64_t d) {
+  v16 s0 = {}, s1 = {};
+  int64_t k = 0;
+  for (; k + 32 <= d; k += 32) {
+    const v16 u = load16(a + k), w = load16(a + k + 16);
+    s0 += u * u;
+    s1 += w * w;
+  }
+  for (; k + 16 <= d; k += 16) {
+    const v16 u = load16(a + k);
+    s0 += u * u;
+  }
+  float t = hsum(s0 + s1);
+  for (; k < d; ++k) t += to_float(a[k]) * to_float(a[k]);
+  return t;
+}
+
 }  // namespace facenms

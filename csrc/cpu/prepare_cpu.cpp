@@ -19,12 +19,11 @@ void prepare_kernel_impl(const at::Tensor& x, const int64_t* order, const int64_
   const int64_t d = x.size(1), ld = x.stride(0);
   const scalar_t* base = x.data_ptr<scalar_t>();
   at::parallel_for(0, n_ident, 16, [&](int64_t c0, int64_t c1) {
-    std::vector<double> centre(d), buf;
+    std::vector<double> centre(d);
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t a = offsets[c], n = offsets[c + 1] - a;
-      if ((int64_t)buf.size() < n * d) buf.resize(n * d);
       // a bad row shows in its norm; the caller reports it
-      score_identity(base, ld, order + a, n, d, buf.data(), centre.data(), norms + a, scores + a);
+      score_identity(base, ld, order + a, n, d, centre.data(), norms + a, scores + a);
     }
   });
 }

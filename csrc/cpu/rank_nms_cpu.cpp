@@ -16,7 +16,7 @@ namespace facenms {
 namespace {
 
 struct RankScratch {
-  std::vector<double> buf, centre, norms, scores;
+  std::vector<double> centre, norms, scores;
   std::vector<int64_t> perm;
   int64_t bad = std::numeric_limits<int64_t>::max();
 };
@@ -27,11 +27,9 @@ struct RankScratch {
 template <typename T>
 bool rank_identity(const T* base, int64_t ld, int64_t d, const int64_t* rows, int64_t n,
                    bool centrality, RankScratch& s, int64_t* ranked) {
-  if ((int64_t)s.buf.size() < n * d) s.buf.resize(n * d);
   if ((int64_t)s.norms.size() < n) s.norms.resize(n), s.scores.resize(n), s.perm.resize(n);
   s.centre.resize(d);
-  if (!score_identity(base, ld, rows, n, d, s.buf.data(), s.centre.data(), s.norms.data(),
-                      s.scores.data())) {
+  if (!score_identity(base, ld, rows, n, d, s.centre.data(), s.norms.data(), s.scores.data())) {
     for (int64_t i = 0; i < n; ++i)
       if (!(s.norms[i] > 0) || !std::isfinite(s.norms[i])) s.bad = std::min(s.bad, rows[i]);
     return false;

@@ -33,16 +33,17 @@ namespace {
 #define FACENMS_LOAD_ROWS(T)                                                                     \
   FACENMS_CLONES void load_rows(const T* base, int64_t ld, const int64_t* rows, int64_t n,       \
                                 int64_t d, float* dst) {                                         \
+    const int64_t d16 = d & ~int64_t(15);                                                        \
     for (int64_t i = 0; i < n; ++i, dst += d) {                                                  \
       const T* src = base + rows[i] * ld;                                                        \
-      float ss = 0.f;                                                                            \
-      _Pragma("omp simd reduction(+ : ss)") for (int64_t k = 0; k < d; ++k) {                    \
-        const float v = to_float(src[k]);                                                         \
-        dst[k] = v;                                                                              \
-        ss += v * v;                                                                             \
-      }                                                                                          \
+      const float ss = sumsq_f32(src, d);                                                        \
       const float inv = ss > 0.f ? 1.f / std::sqrt(ss) : 0.f;                                    \
-      _Pragma("omp simd") for (int64_t k = 0; k < d; ++k) dst[k] *= inv;                         \
+      int64_t k = 0;                                                                             \
+      for (; k < d16; k += 16) {                                                                 \
+        const v16 v = load16(src + k) * inv;                                                     \
+        __builtin_memcpy(dst + k, &v, sizeof(v));                                                \
+      }                                                                                          \
+      for (; k < d; ++k) dst[k] = to_float(src[k]) * inv;                                        \
     }                                                                                            \
   }
 FACENMS_LOAD_ROWS(float)
@@ -70,21 +71,6 @@ struct Prefetcher {
     }
   }
 };
-
-// 16 floats; GCC maps it to one zmm, two ymm or four xmm registers per clone.
-typedef float v16 __attribute__((vector_size(64)));
-
-FACENMS_INLINE v16 load16(const float* p) {
-  v16 v;
-  __builtin_memcpy(&v, p, sizeof(v));
-  return v;
-}
-
-FACENMS_INLINE float hsum(v16 v) {
-  float s = 0.f;
-  for (int k = 0; k < 16; ++k) s += v[k];
-  return s;
-}
 
 // s[r][u] = <q[r], k[u]> for R candidates and four kept rows: 4R products
 // from R + 4 loads per chunk. Every pair's arithmetic is the same whatever R
@@ -153,7 +139,7 @@ FACENMS_CLONES void walk(const float* y, int64_t n, int64_t d, const double* thr
       for (int u = 0; u < 4; ++u) k[u] = y + kept[j - 1 - (u < m ? u : 0)] * d;
       for (int r = 0; r < na; ++r) q[r] = y + (i0 + act[r]) * d;
       tile_n(na, q, k, d, s);
-      pf.step(4 * na);
+      pf.step(16 * na);
       int w = 0;
       for (int r = 0; r < na; ++r) {
         uint64_t& a = alive[act[r]];
