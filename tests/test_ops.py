@@ -49,6 +49,33 @@ def test_per_identity_thresholds_and_counts():
             assert int(counts[i, j]) == int(one.sum()) >= min(2, b - a)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("rank", ["sparsity", "centrality"])
+def test_rank_nms_equals_prepare_sort_then_nms(dtype, rank):
+    from facenms.selection import _group, _rank
+    x, labels = webface_like(3000, dim=40, seed=5)
+    x = torch.from_numpy(x).to(dtype)
+    x[7] = x[5]  # exact ties: the smaller index first
+    labels[7] = labels[5]
+    _, order, offsets, sizes = _group(labels, len(labels), x.device)
+    ts = torch.linspace(0.3, 0.95, 64, dtype=torch.float64)
+    ranked, bits, counts, bad = ops.rank_nms(x, order, offsets, ts, 2, rank == "centrality")
+    want = _rank(x, order, offsets, sizes, rank, None, 0)
+    assert torch.equal(ranked, want) and int(bad) == -1
+    b2, c2 = ops.nms(x, want, offsets, ts, 2)
+    assert torch.equal(bits, b2) and torch.equal(counts, c2)
+
+
+def test_rank_nms_reports_the_smallest_bad_row():
+    x = torch.ones(6, 20)
+    x[5] = 0
+    x[3, 1] = float("inf")
+    order = torch.tensor([0, 3, 5, 1, 2, 4])
+    _, bits, _, bad = ops.rank_nms(x, order, torch.tensor([0, 3, 6]),
+                                   torch.tensor([0.5], dtype=torch.float64), 1, False)
+    assert int(bad) == 3 and int(bits[3:].sum()) == 1  # the bad identity is skipped
+
+
 def test_min_keep_fills_best_ranked_first():
     x = torch.tensor([[1.0, 0.0]] * 5)
     bits, counts = ops.nms(x, torch.arange(5), torch.tensor([0, 5]),

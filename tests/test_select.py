@@ -13,9 +13,9 @@ from conftest import threshold_away
 
 
 @st.composite
-def face_sets(draw, max_faces=40, max_dim=8):
+def face_sets(draw, max_faces=40, max_dim=8, min_dim=2, bursts=False):
     n = draw(st.integers(1, max_faces))
-    d = draw(st.integers(2, max_dim))
+    d = draw(st.integers(min_dim, max_dim))
     n_ident = draw(st.integers(1, max(1, n // 2)))
     seed = draw(st.integers(0, 2 ** 31))
     rng = np.random.default_rng(seed)
@@ -23,6 +23,11 @@ def face_sets(draw, max_faces=40, max_dim=8):
     centres = rng.standard_normal((n_ident, d))
     spread = draw(st.sampled_from([0.3, 1.0, 3.0]))
     x = centres[rng.integers(0, n_ident, n)] + spread * rng.standard_normal((n, d))
+    if bursts:  # near-copies of earlier faces of the same identity
+        for i in range(1, n):
+            same = np.flatnonzero(labels[:i] == labels[i])
+            if len(same) and rng.random() < 0.4:
+                x[i] = x[rng.choice(same)] + 0.05 * spread * rng.standard_normal(d)
     return x.astype(np.float32), labels
 
 
@@ -35,6 +40,19 @@ def test_threshold_mode_equals_reference(data, rank, m):
     want = reference.select(x, labels, threshold=t, rank=rank, min_per_identity=m, seed=3)
     np.testing.assert_array_equal(got, want)
     reference.check_valid(x, labels, got, t, rank=rank, min_per_identity=m, seed=3)
+
+
+@given(face_sets(max_faces=70, min_dim=14, max_dim=70, bursts=True),
+       st.sampled_from(["sparsity", "centrality"]), st.sampled_from([np.float32, np.float16]))
+def test_wide_rows_and_bursts_equal_reference(data, rank, dtype):
+    # rows of 14-70 values run the vector loops of the kernels and their
+    # tails; bursts of near-copies exercise early exits in the walk
+    x, labels = data
+    x = x.astype(dtype)
+    t = threshold_away(x.astype(np.float32), labels)
+    assume(t is not None)
+    got = facenms.select(x, labels, threshold=t, rank=rank)
+    np.testing.assert_array_equal(got, reference.select(x, labels, threshold=t, rank=rank))
 
 
 @given(face_sets(max_faces=24))

@@ -65,17 +65,59 @@ FACENMS_INLINE v16 load16(const float* p) {
   __builtin_memcpy(&v, p, sizeof(v));
   return v;
 }
-template <typename T>
-FACENMS_INLINE v16 load16(const T* p) {
-  v16 v;
-  for (int j = 0; j < 16; ++j) v[j] = to_float(p[j]);
-  return v;
+FACENMS_INLINE v16 load16(const double* p) {
+  v8d a, b;
+  __builtin_memcpy(&a, p, sizeof(a));
+  __builtin_memcpy(&b, p + 8, sizeof(b));
+  const v8 fa = __builtin_convertvector(a, v8), fb = __builtin_convertvector(b, v8);
+  return __builtin_shufflevector(fa, fb, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+}
+
+// 16-bit floats, 16 at a time, with the integer tricks of to_float above
+// (GCC 12 would convert a vector of _Float16 one element at a time).
+typedef uint32_t v16u __attribute__((vector_size(64)));
+typedef uint16_t v16h __attribute__((vector_size(32)));
+
+FACENMS_INLINE v16 load16(const c10::BFloat16* p) {
+  v16h h;
+  __builtin_memcpy(&h, p, sizeof(h));
+  const v16u u = __builtin_convertvector(h, v16u) << 16;
+  v16 f;
+  __builtin_memcpy(&f, &u, sizeof(f));
+  return f;
+}
+FACENMS_INLINE v16 load16(const c10::Half* p) {
+  v16h h;
+  __builtin_memcpy(&h, p, sizeof(h));
+  const v16u w = __builtin_convertvector(h, v16u), em = w & 0x7fffu;
+  const v16u shifted = em << 13;
+  v16 f;
+  __builtin_memcpy(&f, &shifted, sizeof(f));
+  f *= 0x1p112f;
+  v16u u;
+  __builtin_memcpy(&u, &f, sizeof(u));
+  u |= ((v16u)(em >= 0x7c00u) & 0x7f800000u) | ((w & 0x8000u) << 16);
+  __builtin_memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
+// 16 values as two vectors of 8 doubles.
+FACENMS_INLINE void load16d(const float* p, v8d& lo, v8d& hi) {
+  v8 a, b;
+  __builtin_memcpy(&a, p, sizeof(a));
+  __builtin_memcpy(&b, p + 8, sizeof(b));
+  lo = __builtin_convertvector(a, v8d);
+  hi = __builtin_convertvector(b, v8d);
 }
 template <typename T>
-FACENMS_INLINE v8d load8d(const T* p) {
-  v8d v;
-  for (int j = 0; j < 8; ++j) v[j] = to_double(p[j]);
-  return v;
+FACENMS_INLINE void load16d(const T* p, v8d& lo, v8d& hi) {
+  const v16 f = load16(p);
+  lo = __builtin_convertvector(__builtin_shufflevector(f, f, 0, 1, 2, 3, 4, 5, 6, 7), v8d);
+  hi = __builtin_convertvector(__builtin_shufflevector(f, f, 8, 9, 10, 11, 12, 13, 14, 15), v8d);
+}
+FACENMS_INLINE void load16d(const double* p, v8d& lo, v8d& hi) {
+  __builtin_memcpy(&lo, p, sizeof(lo));
+  __builtin_memcpy(&hi, p + 8, sizeof(hi));
 }
 
 // Sums as a fixed tree of halves.
@@ -94,15 +136,17 @@ FACENMS_INLINE double hsum(v8d v) {
 // <a, b> in float64 (a, b of any element type).
 template <typename T, typename U>
 FACENMS_INLINE double dot_f64(const T* a, const U* b, int64_t d) {
-  v8d s0 = {}, s1 = {}, s2 = {}, s3 = {};
+  v8d s0 = {}, s1 = {}, s2 = {}, s3 = {}, a0, a1, a2, a3, b0, b1, b2, b3;
   int64_t k = 0;
   for (; k + 32 <= d; k += 32) {
-    s0 += load8d(a + k) * load8d(b + k);
-    s1 += load8d(a + k + 8) * load8d(b + k + 8);
-    s2 += load8d(a + k + 16) * load8d(b + k + 16);
-    s3 += load8d(a + k + 24) * load8d(b + k + 24);
+    load16d(a + k, a0, a1), load16d(a + k + 16, a2, a3);
+    load16d(b + k, b0, b1), load16d(b + k + 16, b2, b3);
+    s0 += a0 * b0, s1 += a1 * b1, s2 += a2 * b2, s3 += a3 * b3;
   }
-  for (; k + 8 <= d; k += 8) s0 += load8d(a + k) * load8d(b + k);
+  for (; k + 16 <= d; k += 16) {
+    load16d(a + k, a0, a1), load16d(b + k, b0, b1);
+    s0 += a0 * b0, s1 += a1 * b1;
+  }
   double t = hsum((s0 + s1) + (s2 + s3));
   for (; k < d; ++k) t += to_double(a[k]) * to_double(b[k]);
   return t;

@@ -20,11 +20,15 @@ std::tuple<at::Tensor, at::Tensor> nms_cpu(const at::Tensor& x, const at::Tensor
   const int64_t* ord = order.data_ptr<int64_t>();
   const int64_t* off = offsets.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "nms_cpu", [&] {
+    const scalar_t* base = x.data_ptr<scalar_t>();
+    const int64_t d = x.size(1), ld = x.stride(0);
     walk_identities<scalar_t>(x, ord, off, n_ident, thresholds.data_ptr<double>(),
                               thresholds.dim() == 2, lanes, min_per_identity,
                               reinterpret_cast<uint64_t*>(bits.data_ptr<int64_t>()),
-                              counts.data_ptr<int64_t>(),
-                              [&](int64_t c, int) { return ord + off[c]; });
+                              counts.data_ptr<int64_t>(), [&](int64_t c, int, float* y) {
+                                load_rows(base, ld, ord + off[c], off[c + 1] - off[c], d, y);
+                                return true;
+                              });
   });
   return {bits, counts};
 }

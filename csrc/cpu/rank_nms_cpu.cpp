@@ -17,21 +17,45 @@ namespace {
 
 struct RankScratch {
   std::vector<double> centre, norms, scores;
-  std::vector<int64_t> perm;
+  std::vector<int64_t> perm, src_rows, pos;
+  std::vector<float> raw;  // 16-bit rows as float32
   int64_t bad = std::numeric_limits<int64_t>::max();
 };
 
-// Rows of identity `rows[0..n)` into `ranked`: descending score (ascending
-// with centrality), ties by the smaller row index. Returns false, noting the
-// smallest bad row in s.bad, if a row is zero or not finite.
-template <typename T>
-bool rank_identity(const T* base, int64_t ld, int64_t d, const int64_t* rows, int64_t n,
-                   bool centrality, RankScratch& s, int64_t* ranked) {
-  if ((int64_t)s.norms.size() < n) s.norms.resize(n), s.scores.resize(n), s.perm.resize(n);
+// 16-bit rows to float32, exactly.
+#define FACENMS_TO_FLOAT_ROWS(T)                                                                \
+  FACENMS_CLONES void to_float_rows(const T* base, int64_t ld, const int64_t* rows, int64_t n, \
+                                    int64_t d, float* dst) {                                    \
+    const int64_t d16 = d & ~int64_t(15);                                                       \
+    for (int64_t i = 0; i < n; ++i, dst += d) {                                                 \
+      const T* src = base + rows[i] * ld;                                                       \
+      int64_t k = 0;                                                                            \
+      for (; k < d16; k += 16) {                                                                \
+        const v16 v = load16(src + k);                                                          \
+        __builtin_memcpy(dst + k, &v, sizeof(v));                                               \
+      }                                                                                         \
+      for (; k < d; ++k) dst[k] = to_float(src[k]);                                             \
+    }                                                                                           \
+  }
+FACENMS_TO_FLOAT_ROWS(at::Half)
+FACENMS_TO_FLOAT_ROWS(at::BFloat16)
+#undef FACENMS_TO_FLOAT_ROWS
+
+// Scores rows src_rows[0..n) of src, sorts them by descending score
+// (ascending with centrality), ties by the smaller row index index[i], and
+// puts the unit rows into y in that order; ranked[i] gets their row indices.
+// Returns false, noting the smallest bad row index in s.bad, if a row is
+// zero or not finite.
+template <typename U>
+bool rank_rows(const U* src, int64_t ld, const int64_t* src_rows, const int64_t* index,
+               int64_t n, int64_t d, bool centrality, RankScratch& s, int64_t* ranked,
+               float* y) {
+  if ((int64_t)s.norms.size() < n)
+    s.norms.resize(n), s.scores.resize(n), s.perm.resize(n), s.src_rows.resize(n);
   s.centre.resize(d);
-  if (!score_identity(base, ld, rows, n, d, s.centre.data(), s.norms.data(), s.scores.data())) {
+  if (!score_identity(src, ld, src_rows, n, d, s.centre.data(), s.norms.data(), s.scores.data())) {
     for (int64_t i = 0; i < n; ++i)
-      if (!(s.norms[i] > 0) || !std::isfinite(s.norms[i])) s.bad = std::min(s.bad, rows[i]);
+      if (!(s.norms[i] > 0) || !std::isfinite(s.norms[i])) s.bad = std::min(s.bad, index[i]);
     return false;
   }
   const double* sc = s.scores.data();
@@ -40,10 +64,30 @@ bool rank_identity(const T* base, int64_t ld, int64_t d, const int64_t* rows, in
   std::iota(p, p + n, int64_t(0));
   std::sort(p, p + n, [&](int64_t u, int64_t v) {
     const double su = sign * sc[u], sv = sign * sc[v];
-    return su > sv || (su == sv && rows[u] < rows[v]);
+    return su > sv || (su == sv && index[u] < index[v]);
   });
-  for (int64_t i = 0; i < n; ++i) ranked[i] = rows[p[i]];
+  for (int64_t i = 0; i < n; ++i) ranked[i] = index[p[i]], s.src_rows[i] = src_rows[p[i]];
+  load_rows(src, ld, s.src_rows.data(), n, d, y);
   return true;
+}
+
+// One identity, rows `rows[0..n)` of x. 16-bit rows are converted to float32
+// once; scoring and normalising then read that copy. The conversion is
+// exact, so the scores are those prepare computes from the 16-bit rows.
+template <typename T>
+bool rank_identity(const T* base, int64_t ld, int64_t d, const int64_t* rows, int64_t n,
+                   bool centrality, RankScratch& s, int64_t* ranked, float* y) {
+  if constexpr (sizeof(T) == 2) {
+    if ((int64_t)s.raw.size() < n * d) s.raw.resize(n * d);
+    to_float_rows(base, ld, rows, n, d, s.raw.data());
+    if ((int64_t)s.pos.size() < n) {
+      s.pos.resize(n);
+      std::iota(s.pos.begin(), s.pos.end(), int64_t(0));
+    }
+    return rank_rows(s.raw.data(), d, s.pos.data(), rows, n, d, centrality, s, ranked, y);
+  } else {
+    return rank_rows(base, ld, rows, rows, n, d, centrality, s, ranked, y);
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rank_nms_cpu(
@@ -66,11 +110,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rank_nms_cpu(
     walk_identities<scalar_t>(
         x, ord, off, n_ident, thresholds.data_ptr<double>(), thresholds.dim() == 2, lanes,
         min_per_identity, reinterpret_cast<uint64_t*>(bits.data_ptr<int64_t>()),
-        counts.data_ptr<int64_t>(), [&](int64_t c, int tid) -> const int64_t* {
-          const int64_t a = off[c], n = off[c + 1] - a;
-          return rank_identity(base, ld, d, ord + a, n, centrality, scratch[tid], rk + a)
-                     ? rk + a
-                     : nullptr;
+        counts.data_ptr<int64_t>(), [&](int64_t c, int tid, float* y) {
+          const int64_t a = off[c];
+          return rank_identity(base, ld, d, ord + a, off[c + 1] - a, centrality, scratch[tid],
+                               rk + a, y);
         });
   });
   int64_t first_bad = std::numeric_limits<int64_t>::max();

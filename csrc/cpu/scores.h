@@ -29,7 +29,11 @@ namespace {
         if (!(norms[i] > 0) || !std::isfinite(norms[i])) continue;                             \
         const T* src = base + rows[i] * ld + k0;                                               \
         const double inv = 1.0 / norms[i];                                                     \
-        for (int j = 0; j < 8; ++j) acc[j] += load8d(src + 8 * j) * inv;                       \
+        for (int j = 0; j < 8; j += 2) {                                                       \
+          v8d lo, hi;                                                                          \
+          load16d(src + 8 * j, lo, hi);                                                        \
+          acc[j] += lo * inv, acc[j + 1] += hi * inv;                                          \
+        }                                                                                      \
       }                                                                                        \
       __builtin_memcpy(centre + k0, acc, sizeof(acc));                                         \
     }                                                                                          \

@@ -215,29 +215,27 @@ void for_each_identity(const T* base, int64_t ld, int64_t d, const int64_t* orde
   }
 }
 
-// The walk of every identity: rows_of(c, tid) gives the rows of identity c
-// in rank order (nullptr: skip it). bits follow the rank positions; counts
-// are per lane, or per identity and lane when per_identity.
-template <typename T, typename RowsOf>
+// The walk of every identity: load(c, tid, y) puts the n unit rows of
+// identity c into y in rank order, or returns false to skip it. bits follow
+// the rank positions; counts are per lane, or per identity and lane when
+// per_identity.
+template <typename T, typename Load>
 void walk_identities(const at::Tensor& x, const int64_t* order, const int64_t* offsets,
                      int64_t n_ident, const double* thr, bool per_identity, int lanes,
-                     int64_t min_per_identity, uint64_t* bits, int64_t* counts, RowsOf rows_of) {
-  const int64_t d = x.size(1), ld = x.stride(0);
-  const T* base = x.data_ptr<T>();
+                     int64_t min_per_identity, uint64_t* bits, int64_t* counts, Load load) {
+  const int64_t d = x.size(1);
   const int threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n_ident));
   std::vector<std::vector<int64_t>> partial(threads, std::vector<int64_t>(per_identity ? 0 : lanes));
   std::vector<std::vector<float>> ys(threads);
   std::vector<std::vector<int64_t>> kepts(threads);
-  for_each_identity(base, ld, d, order, offsets, n_ident, threads,
+  for_each_identity(x.data_ptr<T>(), x.stride(0), d, order, offsets, n_ident, threads,
                     [&](int64_t c, int tid, Prefetcher& pf) {
     const int64_t a = offsets[c], n = offsets[c + 1] - a;
-    const int64_t* rows = rows_of(c, tid);
-    if (rows == nullptr) return;
     std::vector<float>& y = ys[tid];
     std::vector<int64_t>& kept = kepts[tid];
     if ((int64_t)y.size() < n * d) y.resize(n * d);
     if ((int64_t)kept.size() < n) kept.resize(n);
-    load_rows(base, ld, rows, n, d, y.data());
+    if (!load(c, tid, y.data())) return;
     const double* t = per_identity ? thr + c * lanes : thr;
     walk(y.data(), n, d, t, lanes, bits + a, kept.data(), pf);
     fill_min_keep(bits + a, n, lanes, min_keep(min_per_identity, n),
