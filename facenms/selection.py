@@ -483,14 +483,14 @@ def select(features, labels, ratio=None, threshold=None, *, scores=None, rank=No
     mask = torch.zeros(n, dtype=torch.bool, device=x.device)
     mask[run.order[keep_pos]] = True
     result = torch.nonzero(mask).reshape(-1)  # ascending, without a sort
-    kept_per = torch.zeros(len(uniq), dtype=torch.int64, device=x.device)
-    if n > 0:
-        seg = torch.repeat_interleave(torch.arange(len(uniq), device=x.device), sizes)
-        kept_per.index_add_(0, seg, keep_pos.long())
     out = _to_family(result, features)
     timings["total"] = time.perf_counter() - t0
     if not return_info:
         return out
+    kept_per = torch.zeros(len(uniq), dtype=torch.int64, device=x.device)
+    if n > 0:
+        seg = torch.repeat_interleave(torch.arange(len(uniq), device=x.device), sizes)
+        kept_per.index_add_(0, seg, keep_pos.long())
     kept = int(result.numel())
     info = SelectionInfo(
         threshold=thr_used, ratio=kept / n if n else 0.0,
