@@ -52,23 +52,22 @@ FACENMS_LOAD_ROWS(at::Half)
 FACENMS_LOAD_ROWS(at::BFloat16)
 #undef FACENMS_LOAD_ROWS
 
-// Pulls the rows of a thread's next identity into L2, a few cache lines at a
-// time, from inside the walk of the current one.
+// Pulls the rows of a thread's next identity into L2, a row at a time, from
+// inside the walk of the current one.
 struct Prefetcher {
   const char* base = nullptr;
   int64_t row_stride = 0, row_bytes = 0;  // in bytes
   const int64_t* rows = nullptr;
-  int64_t n = 0, i = 0, at = 0;
+  int64_t n = 0, i = 0;
 
   void start(const char* b, int64_t stride, int64_t bytes, const int64_t* r, int64_t count) {
-    base = b, row_stride = stride, row_bytes = bytes, rows = r, i = 0, at = 0;
+    base = b, row_stride = stride, row_bytes = bytes, rows = r, i = 0;
     n = std::min<int64_t>(count, (512 << 10) / std::max<int64_t>(bytes, 1));  // half of L2
   }
-  FACENMS_INLINE void step(int lines) {
-    for (; lines > 0 && i < n; --lines) {
-      __builtin_prefetch(base + rows[i] * row_stride + at, 0, 2);
-      if ((at += 64) >= row_bytes) at = 0, ++i;
-    }
+  FACENMS_INLINE void step() {
+    if (i >= n) return;
+    const char* p = base + rows[i++] * row_stride;
+    for (int64_t at = 0; at < row_bytes; at += 64) __builtin_prefetch(p + at, 0, 2);
   }
 };
 
@@ -139,7 +138,7 @@ FACENMS_CLONES void walk(const float* y, int64_t n, int64_t d, const double* thr
       for (int u = 0; u < 4; ++u) k[u] = y + kept[j - 1 - (u < m ? u : 0)] * d;
       for (int r = 0; r < na; ++r) q[r] = y + (i0 + act[r]) * d;
       tile_n(na, q, k, d, s);
-      pf.step(16 * na);
+      pf.step();
       int w = 0;
       for (int r = 0; r < na; ++r) {
         uint64_t& a = alive[act[r]];
