@@ -50,15 +50,14 @@ template <typename T>
 FACENMS_INLINE double to_double(T v) { return static_cast<double>(to_float(v)); }
 
 // Fixed-width vectors; GCC maps each to zmm, ymm or xmm registers per clone.
-// Sums below use several accumulators in a fixed order, written out: the
-// result does not depend on the clone, and no chain of dependent adds limits
-// the speed.
+// Sums below use several accumulators combined in an order written out in
+// the code (not chosen by the vectoriser), so every kernel that sums the
+// same values gets the same bits, and no chain of dependent adds limits the
+// speed.
 typedef float v16 __attribute__((vector_size(64)));
 typedef float v8 __attribute__((vector_size(32)));
 typedef float v4 __attribute__((vector_size(16)));
 typedef double v8d __attribute__((vector_size(64)));
-typedef double v4d __attribute__((vector_size(32)));
-typedef double v2d __attribute__((vector_size(16)));
 
 FACENMS_INLINE v16 load16(const float* p) {
   v16 v;
@@ -101,25 +100,6 @@ FACENMS_INLINE v16 load16(const c10::Half* p) {
   return f;
 }
 
-// 16 values as two vectors of 8 doubles.
-FACENMS_INLINE void load16d(const float* p, v8d& lo, v8d& hi) {
-  v8 a, b;
-  __builtin_memcpy(&a, p, sizeof(a));
-  __builtin_memcpy(&b, p + 8, sizeof(b));
-  lo = __builtin_convertvector(a, v8d);
-  hi = __builtin_convertvector(b, v8d);
-}
-template <typename T>
-FACENMS_INLINE void load16d(const T* p, v8d& lo, v8d& hi) {
-  const v16 f = load16(p);
-  lo = __builtin_convertvector(__builtin_shufflevector(f, f, 0, 1, 2, 3, 4, 5, 6, 7), v8d);
-  hi = __builtin_convertvector(__builtin_shufflevector(f, f, 8, 9, 10, 11, 12, 13, 14, 15), v8d);
-}
-FACENMS_INLINE void load16d(const double* p, v8d& lo, v8d& hi) {
-  __builtin_memcpy(&lo, p, sizeof(lo));
-  __builtin_memcpy(&hi, p + 8, sizeof(hi));
-}
-
 // Sums as a fixed tree of halves.
 FACENMS_INLINE float hsum(v16 v) {
   const v8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
@@ -127,29 +107,25 @@ FACENMS_INLINE float hsum(v16 v) {
   const v4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
   return (b[0] + b[2]) + (b[1] + b[3]);
 }
-FACENMS_INLINE double hsum(v8d v) {
-  const v4d a = __builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7);
-  const v2d b = __builtin_shufflevector(a, a, 0, 1) + __builtin_shufflevector(a, a, 2, 3);
-  return b[0] + b[1];
+
+// Sum of acc[0..32) as a fixed tree.
+FACENMS_INLINE double tree_sum(double* acc) {
+  for (int w = 16; w > 0; w >>= 1)
+    for (int j = 0; j < w; ++j) acc[j] += acc[j + w];
+  return acc[0];
 }
 
-// <a, b> in float64 (a, b of any element type).
+// <a, b> in float64 (a, b of any element type). 32 partial sums: the loop
+// over j vectorises (vcvtps2pd + vfmadd231pd on full registers) with no
+// chain of dependent adds.
 template <typename T, typename U>
 FACENMS_INLINE double dot_f64(const T* a, const U* b, int64_t d) {
-  v8d s0 = {}, s1 = {}, s2 = {}, s3 = {}, a0, a1, a2, a3, b0, b1, b2, b3;
+  double acc[32] = {};
   int64_t k = 0;
-  for (; k + 32 <= d; k += 32) {
-    load16d(a + k, a0, a1), load16d(a + k + 16, a2, a3);
-    load16d(b + k, b0, b1), load16d(b + k + 16, b2, b3);
-    s0 += a0 * b0, s1 += a1 * b1, s2 += a2 * b2, s3 += a3 * b3;
-  }
-  for (; k + 16 <= d; k += 16) {
-    load16d(a + k, a0, a1), load16d(b + k, b0, b1);
-    s0 += a0 * b0, s1 += a1 * b1;
-  }
-  double t = hsum((s0 + s1) + (s2 + s3));
-  for (; k < d; ++k) t += to_double(a[k]) * to_double(b[k]);
-  return t;
+  for (; k + 32 <= d; k += 32)
+    for (int j = 0; j < 32; ++j) acc[j] += to_double(a[k + j]) * to_double(b[k + j]);
+  for (int j = 0; k < d; ++k, ++j) acc[j] += to_double(a[k]) * to_double(b[k]);
+  return tree_sum(acc);
 }
 
 // Sum of squares of a[0..d) in float32, converted from any element type.

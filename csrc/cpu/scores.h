@@ -24,16 +24,12 @@ namespace {
     }                                                                                          \
     int64_t k0 = 0;                                                                            \
     for (; k0 + 64 <= d; k0 += 64) {                                                           \
-      v8d acc[8] = {};                                                                         \
+      double acc[64] = {};                                                                     \
       for (int64_t i = 0; i < n; ++i) {                                                        \
         if (!(norms[i] > 0) || !std::isfinite(norms[i])) continue;                             \
         const T* src = base + rows[i] * ld + k0;                                               \
         const double inv = 1.0 / norms[i];                                                     \
-        for (int j = 0; j < 8; j += 2) {                                                       \
-          v8d lo, hi;                                                                          \
-          load16d(src + 8 * j, lo, hi);                                                        \
-          acc[j] += lo * inv, acc[j + 1] += hi * inv;                                          \
-        }                                                                                      \
+        for (int j = 0; j < 64; ++j) acc[j] += to_double(src[j]) * inv;                        \
       }                                                                                        \
       __builtin_memcpy(centre + k0, acc, sizeof(acc));                                         \
     }                                                                                          \
