@@ -1,9 +1,10 @@
-"""The same greedy NMS written the way one would without facenms.
+"""The same selection written the way one would without facenms.
 
-Each takes the faces already grouped and ranked (a list of row-index arrays,
-one per identity, in rank order: facenms's own ranking) and returns the kept
-rows, so the comparison is of the similarity + suppression work alone; the
-facenms figures include grouping and ranking on top.
+Each baseline takes the faces grouped and ranked (a list of row-index
+arrays, one per identity, in rank order) and returns the kept rows.
+``numpy_rank`` is the grouping and sparsity ranking in plain numpy: timed
+with it, a baseline does the whole job that ``facenms.select`` does; given
+facenms's ranking (``ranked_groups``), only the similarity + suppression.
 """
 import numpy as np
 import torch
@@ -72,3 +73,26 @@ def ranked_groups(x, labels):
     _, order, offsets, sizes = _group(labels, len(labels), xt.device)
     order = _rank(xt, order, offsets, sizes, "sparsity", None, 0).numpy()
     return np.split(order, offsets[1:-1].numpy())
+
+
+def numpy_rank(x, labels):
+    """Grouping and sparsity ranking (DESIGN.md section 2) in plain numpy, per identity."""
+    order = np.argsort(labels, kind="stable")
+    lab = labels[order]
+    starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
+    groups = []
+    for rows in np.split(order, starts[1:]):
+        y = x[rows].astype(np.float64)
+        y /= np.linalg.norm(y, axis=1, keepdims=True)
+        m = y.sum(0)
+        score = np.round((1 - y @ (m / np.linalg.norm(m))) * 2 ** 20) / 2 ** 20
+        groups.append(rows[np.lexsort((rows, -score))])  # score down, index up
+    return groups
+
+
+def whole_job(fn):
+    """A baseline that ranks with numpy_rank first: the whole select() job."""
+    def run(x, labels, t):
+        return fn(x, numpy_rank(x, labels), t)
+    run.__name__ = fn.__name__ + "_whole"
+    return run
