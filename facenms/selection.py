@@ -250,11 +250,12 @@ def _bracket(ts, counts, target):
     never relies on it beyond choosing where to look next).
     """
     above = np.flatnonzero(counts >= target)
+    step = 4 * (ts[-1] - ts[0])  # beyond the range: look next door first, not at once to +-1
     if len(above) == 0:
-        return None if ts[-1] >= 1.0 else (ts[-1], 1.0)
+        return None if ts[-1] >= 1.0 else (ts[-1], min(1.0, ts[-1] + step))
     j = above[0]
     if j == 0:
-        return None if ts[0] <= -1.0 else (-1.0, ts[0])
+        return None if ts[0] <= -1.0 else (max(-1.0, ts[0] - step), ts[0])
     return ts[j - 1], ts[j]
 
 
@@ -271,14 +272,15 @@ class _Best:
                 self.key, self.t, self.bits, self.lane = key, float(t), bits, j
 
 
-def _search(run, target, lo=-1.0, hi=1.0, max_passes=4, tol=0, stop_width=1e-9):
+def _search(run, target, first=None, max_passes=4, tol=0, stop_width=1e-9):
     """Global threshold whose count is closest to target, 64 thresholds a pass.
 
+    `first`: the thresholds of the first pass (default: evenly over [-1, 1]).
     Stops early once a count is within `tol` faces of the target.
     """
     best = _Best(target)
+    ts = _lanes(-1.0, 1.0) if first is None else first
     for _ in range(max_passes):
-        ts = _lanes(lo, hi)
         bits, counts = run(ts)
         ts, counts = ts.numpy(), counts.cpu().numpy()
         best.offer(ts, counts, bits)
@@ -287,20 +289,23 @@ def _search(run, target, lo=-1.0, hi=1.0, max_passes=4, tol=0, stop_width=1e-9):
         new = _bracket(ts, counts, target)
         if new is None or new[1] - new[0] < stop_width:
             break
-        lo, hi = new
+        ts = _lanes(*new)
     return best
 
 
-def _sample_bracket(x, order, offsets, sizes, min_keep, ratio, seed=0, fuse=None):
+def _sample_lanes(x, order, offsets, sizes, min_keep, ratio, seed=0, fuse=None):
     """Where to look for the global threshold: a cheap search on a sample of identities.
 
-    Returns thresholds (lo, hi) whose sample ratios lie 2 points either side of
-    the target, so one full pass over 64 thresholds there lands close. With
-    `fuse`, `order` is not ranked yet (see _Runner).
+    Returns 64 ascending thresholds at which the sample keeps evenly spaced
+    ratios from 5 points below the target to 5 points above (a sample of
+    identities can be off by a few points), so that one full pass there
+    brackets the target finely wherever the curve is steep. None when the
+    set is too small to sample. With `fuse`, `order` is not ranked yet (see
+    _Runner).
     """
     take = _sample_take(offsets, sizes, seed)
     if take is None:
-        return -1.0, 1.0
+        return None
     take = take.to(order.device)
     sub_sizes = sizes[take]
     starts = offsets[take]
@@ -320,11 +325,16 @@ def _sample_bracket(x, order, offsets, sizes, min_keep, ratio, seed=0, fuse=None
 
     _search(run, round(ratio * n_s), max_passes=2)
     points.sort()
-    lo = max([t for t, r in points if r <= ratio - 0.02], default=-1.0)
-    hi = min([t for t, r in points if r >= ratio + 0.02], default=1.0)
-    if hi - lo < 1e-3:  # a flat sample curve: look a little wider
-        lo, hi = max(-1.0, lo - 0.01), min(1.0, hi + 0.01)
-    return lo, hi
+    ts = np.array([t for t, _ in points] + [-1.0, 1.0])
+    rs = np.array([r for _, r in points] + [0.0, 1.0])
+    order_t = np.argsort(ts, kind="stable")
+    ts, rs = ts[order_t], np.maximum.accumulate(rs[order_t])  # the curve, made monotone
+    want = np.linspace(max(0.0, ratio - 0.05), min(1.0, ratio + 0.05), LANES)
+    lanes = np.interp(want, rs, ts)
+    lanes = np.maximum.accumulate(np.clip(lanes, -1.0, 1.0))
+    if lanes[-1] - lanes[0] < 1e-3:  # a flat sample curve: look a little wider
+        return _lanes(max(-1.0, lanes[0] - 0.01), min(1.0, lanes[-1] + 0.01))
+    return torch.from_numpy(lanes)
 
 
 def _sample_take(offsets, sizes, seed):
@@ -468,10 +478,10 @@ def select(features, labels, ratio=None, threshold=None, *, scores=None, rank=No
             thr_used = float(threshold)
         elif not per_identity:
             target = round(float(ratio) * n)
-            lo, hi = _sample_bracket(x, order, offsets, sizes, int(min_per_identity), float(ratio),
-                                     seed, fuse)
+            first = _sample_lanes(x, order, offsets, sizes, int(min_per_identity), float(ratio),
+                                  seed, fuse)
             # a count within 0.01% of the faces is as good as exact and saves a pass
-            best = _search(run, target, lo, hi, max_passes=5, tol=n // 10_000)
+            best = _search(run, target, first, max_passes=5, tol=n // 10_000)
             keep_pos = ((best.bits >> best.lane) & 1).bool()
             thr_used = best.t
         else:

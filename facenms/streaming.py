@@ -327,7 +327,7 @@ def block_rows(d, itemsize, block_size=None, max_memory=None):
 # ------------------------------------------------------------------- API ----
 
 def _sample_rows(src, order, offsets, sizes, seed):
-    """Features and an order for selection._sample_bracket that hold only the rows
+    """Features and an order for selection._sample_lanes that hold only the rows
     of the identities it samples (read here, in one sorted gather). The order
     points every other position at row 0; the sample never reads those."""
     take = sel._sample_take(offsets, sizes, seed)
@@ -408,11 +408,11 @@ def select(features, labels, ratio=None, threshold=None, *, scores=None, rank=No
                 mine[a:b] = order[a:b]
                 order = comm.sum(mine)
             x_s, order_s = _sample_rows(src, order, offsets, sizes, seed)
-            lo, hi = sel._sample_bracket(x_s.to(dev), order_s.to(dev), offsets.to(dev),
-                                         sizes.to(dev), m, float(ratio), seed)
+            first = sel._sample_lanes(x_s.to(dev), order_s.to(dev), offsets.to(dev),
+                                      sizes.to(dev), m, float(ratio), seed)
             del x_s, order_s
             # the same search and tolerance as selection.select
-            best = sel._search(run, round(float(ratio) * n), lo, hi, max_passes=5,
+            best = sel._search(run, round(float(ratio) * n), first, max_passes=5,
                                tol=n // 10_000)
             keep_pos = ((best.bits >> best.lane) & 1).bool()
             thr_used = best.t
