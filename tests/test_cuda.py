@@ -153,7 +153,7 @@ def test_cuda_kernels_registered_when_built():
 
 
 def test_cpu_kernels_registered():
-    for op in ("facenms::nms", "facenms::prepare", "facenms::_nms_plan"):
+    for op in ("facenms::nms", "facenms::prepare", "facenms::rank_nms", "facenms::_nms_plan"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(op, "CPU"), op
 
 

@@ -108,6 +108,19 @@ FACENMS_INLINE float hsum(v16 v) {
   return (b[0] + b[2]) + (b[1] + b[3]);
 }
 
+// The four sums of a, b, c, d with hsum's tree, for the cost of about one:
+// lanes pair as (i, i+8), (j, j+4), (k, k+2), (l, l+1).
+FACENMS_INLINE void hsum4(v16 a, v16 b, v16 c, v16 d, float* out) {
+  const v16 ab = __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+                 __builtin_shufflevector(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  const v16 cd = __builtin_shufflevector(c, d, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+                 __builtin_shufflevector(c, d, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  const v16 x = __builtin_shufflevector(ab, cd, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+                __builtin_shufflevector(ab, cd, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+  const v16 y = x + __builtin_shufflevector(x, x, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
+  out[0] = y[0] + y[1], out[1] = y[4] + y[5], out[2] = y[8] + y[9], out[3] = y[12] + y[13];
+}
+
 // Sum of acc[0..32) as a fixed tree.
 FACENMS_INLINE double tree_sum(double* acc) {
   for (int w = 16; w > 0; w >>= 1)

@@ -92,12 +92,11 @@ FACENMS_INLINE void tile(const float* const* q, const float* const* k, int64_t d
       acc[r][3] += v * k3;
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int u = 0; u < 4; ++u) {
-      float t = hsum(acc[r][u]);
-      for (int64_t c = d16; c < d; ++c) t += q[r][c] * k[u][c];
-      s[r][u] = t;
-    }
+  for (int r = 0; r < R; ++r) hsum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3], s[r]);
+  if (d16 < d)
+    for (int r = 0; r < R; ++r)
+      for (int u = 0; u < 4; ++u)
+        for (int64_t c = d16; c < d; ++c) s[r][u] += q[r][c] * k[u][c];
 }
 
 FACENMS_INLINE void tile_n(int r, const float* const* q, const float* const* k, int64_t d,
