@@ -7,8 +7,10 @@
 #include <cstdint>
 #include <cstring>
 
-// Hot loops are compiled for AVX-512, AVX2 and a baseline; the dynamic loader
-// picks the best the CPU has, so one build runs everywhere at full speed.
+// Hot loops are compiled for the x86-64 levels v4 (AVX-512), v3 (AVX2, FMA)
+// and a baseline; the dynamic loader picks by the features the CPU reports
+// (clones named after CPU models would never match, say, an AMD CPU), so one
+// build runs everywhere at full speed.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define FACENMS_CLONES \
   __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))

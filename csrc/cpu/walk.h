@@ -27,9 +27,8 @@
 namespace facenms {
 namespace {
 
-// Rows are converted to float32 and scaled to unit norm. The loops sit
-// directly in the cloned function: a helper compiled for the baseline would
-// not be inlined into the AVX clones.
+// Rows are converted to float32 and scaled to unit norm. One cloned function
+// per element type, written out by a macro: GCC 12 does not clone templates.
 #define FACENMS_LOAD_ROWS(T)                                                                     \
   FACENMS_CLONES void load_rows(const T* base, int64_t ld, const int64_t* rows, int64_t n,       \
                                 int64_t d, float* dst) {                                         \
