@@ -117,11 +117,14 @@ def _group(labels, n, device):
         uniq, inverse, sizes = torch.unique(lab.to(device), sorted=True, return_inverse=True,
                                             return_counts=True)
         uniq = uniq.cpu().numpy()
-    else:  # numpy also covers uint64 labels, which torch cannot sort
-        uniq, inverse, sizes = np.unique(lab, return_inverse=True, return_counts=True)
-        inverse = torch.from_numpy(inverse.reshape(-1).astype(np.int64)).to(device)
-        sizes = torch.from_numpy(sizes.astype(np.int64)).to(device)
-    order = _stable_argsort(inverse.long())
+        order = _stable_argsort(inverse.long())
+    else:  # one stable sort; numpy also covers uint64 labels, which torch cannot sort
+        order = np.argsort(lab, kind="stable")
+        s = lab[order]
+        start = np.flatnonzero(np.r_[True, s[1:] != s[:-1]]) if n else np.zeros(0, np.int64)
+        uniq = s[start]
+        sizes = torch.from_numpy(np.diff(np.r_[start, n]).astype(np.int64)).to(device)
+        order = torch.from_numpy(order.astype(np.int64)).to(device)
     offsets = torch.zeros(len(uniq) + 1, dtype=torch.int64, device=device)
     torch.cumsum(sizes.long(), 0, out=offsets[1:])
     return uniq, order, offsets, sizes.long()
@@ -250,7 +253,7 @@ def _bracket(ts, counts, target):
     never relies on it beyond choosing where to look next).
     """
     above = np.flatnonzero(counts >= target)
-    step = 4 * (ts[-1] - ts[0])  # beyond the range: look next door first, not at once to +-1
+    step = max(4 * (ts[-1] - ts[0]), 0.05)  # beyond the range: next door first, not all of [-1, 1]
     if len(above) == 0:
         return None if ts[-1] >= 1.0 else (ts[-1], min(1.0, ts[-1] + step))
     j = above[0]

@@ -190,6 +190,15 @@ def test_ratio_mode_on_realistic_data_is_within_a_tenth_of_a_point():
         np.testing.assert_array_equal(keep, facenms.select(x, labels, threshold=info.threshold))
 
 
+def test_ratio_mode_from_a_sample_takes_two_full_passes_at_most():
+    # large enough for the sample pass that places the first full pass's thresholds
+    x, labels = webface_like(100_000, dim=24, seed=6)
+    for r in (0.3, 0.6, 0.9):
+        keep, info = facenms.select(x, labels, ratio=r, return_info=True)
+        assert abs(info.ratio - r) <= 0.001 and info.passes <= 2, info.summary()
+        np.testing.assert_array_equal(keep, facenms.select(x, labels, threshold=info.threshold))
+
+
 def test_info():
     x, labels = webface_like(5000, dim=32, seed=5)
     keep, info = facenms.select(x, labels, ratio=0.6, return_info=True)
