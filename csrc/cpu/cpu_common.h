@@ -11,9 +11,11 @@
 // and a baseline; the dynamic loader picks by the features the CPU reports
 // (clones named after CPU models would never match, say, an AMD CPU), so one
 // build runs everywhere at full speed.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
 #define FACENMS_CLONES \
   __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)  // no x86-64 levels yet
+#define FACENMS_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define FACENMS_CLONES
 #endif
@@ -58,8 +60,16 @@ FACENMS_INLINE double to_double(T v) { return static_cast<double>(to_float(v)); 
 // speed.
 typedef float v16 __attribute__((vector_size(64)));
 typedef float v8 __attribute__((vector_size(32)));
-typedef float v4 __attribute__((vector_size(16)));
 typedef double v8d __attribute__((vector_size(64)));
+typedef int32_t v16i __attribute__((vector_size(64)));
+
+// Lanes of two v16 picked by index (0-15: a, 16-31: b); GCC before 12 has
+// only __builtin_shuffle.
+#if defined(__clang__)
+#define FACENMS_SHUFFLE(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define FACENMS_SHUFFLE(a, b, ...) __builtin_shuffle(a, b, v16i{__VA_ARGS__})
+#endif
 
 FACENMS_INLINE v16 load16(const float* p) {
   v16 v;
@@ -70,8 +80,10 @@ FACENMS_INLINE v16 load16(const double* p) {
   v8d a, b;
   __builtin_memcpy(&a, p, sizeof(a));
   __builtin_memcpy(&b, p + 8, sizeof(b));
-  const v8 fa = __builtin_convertvector(a, v8), fb = __builtin_convertvector(b, v8);
-  return __builtin_shufflevector(fa, fb, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const v8 halves[2] = {__builtin_convertvector(a, v8), __builtin_convertvector(b, v8)};
+  v16 v;
+  __builtin_memcpy(&v, halves, sizeof(v));
+  return v;
 }
 
 // 16-bit floats, 16 at a time, with the integer tricks of to_float above
@@ -102,24 +114,22 @@ FACENMS_INLINE v16 load16(const c10::Half* p) {
   return f;
 }
 
-// Sums as a fixed tree of halves.
+// Sums as a fixed tree: lanes pair as (i, i+8), (j, j+4), (k, k+2), (l, l+1).
 FACENMS_INLINE float hsum(v16 v) {
-  const v8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
-               __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-  const v4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+  const v16 a = v + FACENMS_SHUFFLE(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+  const v16 b = a + FACENMS_SHUFFLE(a, a, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
   return (b[0] + b[2]) + (b[1] + b[3]);
 }
 
-// The four sums of a, b, c, d with hsum's tree, for the cost of about one:
-// lanes pair as (i, i+8), (j, j+4), (k, k+2), (l, l+1).
+// The four sums of a, b, c, d with hsum's tree, for the cost of about one.
 FACENMS_INLINE void hsum4(v16 a, v16 b, v16 c, v16 d, float* out) {
-  const v16 ab = __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
-                 __builtin_shufflevector(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
-  const v16 cd = __builtin_shufflevector(c, d, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
-                 __builtin_shufflevector(c, d, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
-  const v16 x = __builtin_shufflevector(ab, cd, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
-                __builtin_shufflevector(ab, cd, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
-  const v16 y = x + __builtin_shufflevector(x, x, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
+  const v16 ab = FACENMS_SHUFFLE(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+                 FACENMS_SHUFFLE(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  const v16 cd = FACENMS_SHUFFLE(c, d, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+                 FACENMS_SHUFFLE(c, d, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  const v16 x = FACENMS_SHUFFLE(ab, cd, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+                FACENMS_SHUFFLE(ab, cd, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+  const v16 y = x + FACENMS_SHUFFLE(x, x, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
   out[0] = y[0] + y[1], out[1] = y[4] + y[5], out[2] = y[8] + y[9], out[3] = y[12] + y[13];
 }
 
