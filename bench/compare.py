@@ -44,7 +44,7 @@ def main(argv=None):
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--threshold", type=float, default=0.7)
     p.add_argument("--ratio", type=float, default=0.6)
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--skip", default="", help="comma-separated baselines to skip")
     args = p.parse_args(argv)
 
