@@ -53,10 +53,6 @@ FACENMS_HD uint64_t lanes_below(const double* thr, int lanes, double sim) {
 // Faces an identity must keep whatever the threshold: min(m, n).
 FACENMS_HD int64_t min_keep(int64_t m, int64_t n) { return m < n ? m : n; }
 
-// Pairs the walk of an identity of n faces may compare: its cost estimate,
-// used to schedule the largest identities first.
-FACENMS_HD int64_t identity_cost(int64_t n) { return n * (n - 1) / 2; }
-
 FACENMS_HD int popcount64(uint64_t v) {
 #if defined(__CUDA_ARCH__)
   return __popcll(v);
