@@ -177,9 +177,9 @@ inline void fill_min_keep(uint64_t* bits, int64_t n, int lanes, int64_t need, in
 }
 
 // Calls body(c, tid, prefetcher) for every identity c with faces, largest
-// first, on at::get_num_threads() threads. Each thread claims its next
-// identity before working on the current one and prefetches its rows
-// (rows order[offsets[c']..]) during the walk.
+// first, on `threads` threads. Each thread claims its next identity before
+// working on the current one and prefetches its rows (order[offsets[c']..])
+// during the walk.
 template <typename T, typename Body>
 void for_each_identity(const T* base, int64_t ld, int64_t d, const int64_t* order,
                        const int64_t* offsets, int64_t n_ident, int threads, Body body) {
