@@ -112,6 +112,7 @@ def test_opcheck():
     thr = torch.tensor([0.3, 0.7], dtype=torch.float64)
     torch.library.opcheck(torch.ops.facenms.nms.default, (x, order, offsets, thr, 1))
     torch.library.opcheck(torch.ops.facenms.prepare.default, (x, order, offsets))
+    torch.library.opcheck(torch.ops.facenms.rank_nms.default, (x, order, offsets, thr, 1, False))
 
 
 def test_torch_compile_traces_select():
