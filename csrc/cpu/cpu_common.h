@@ -11,10 +11,10 @@
 // and a baseline; the dynamic loader picks by the features the CPU reports
 // (clones named after CPU models would never match, say, an AMD CPU), so one
 // build runs everywhere at full speed.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
 #define FACENMS_CLONES \
   __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)  // no x86-64 levels yet
+#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)  // older GCC: ISA clones
 #define FACENMS_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define FACENMS_CLONES
