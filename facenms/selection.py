@@ -227,9 +227,8 @@ class _Runner:
             _raise_bad_row(self.x)
         if self.fuse:
             self.order, self.fuse = _cat(ranked), None
-        if thresholds.dim() == 1:
-            counts = [sum(counts[1:], counts[0])]
-        return _cat(bits), _cat(counts)
+        counts = _cat(counts) if thresholds.dim() == 2 else sum(counts[1:], counts[0])
+        return _cat(bits), counts
 
     def close(self):
         if self.bar is not None:

@@ -22,25 +22,6 @@ struct RankScratch {
   int64_t bad = std::numeric_limits<int64_t>::max();
 };
 
-// 16-bit rows to float32, exactly.
-#define FACENMS_TO_FLOAT_ROWS(T)                                                                \
-  FACENMS_CLONES void to_float_rows(const T* base, int64_t ld, const int64_t* rows, int64_t n, \
-                                    int64_t d, float* dst) {                                    \
-    const int64_t d16 = d & ~int64_t(15);                                                       \
-    for (int64_t i = 0; i < n; ++i, dst += d) {                                                 \
-      const T* src = base + rows[i] * ld;                                                       \
-      int64_t k = 0;                                                                            \
-      for (; k < d16; k += 16) {                                                                \
-        const v16 v = load16(src + k);                                                          \
-        __builtin_memcpy(dst + k, &v, sizeof(v));                                               \
-      }                                                                                         \
-      for (; k < d; ++k) dst[k] = to_float(src[k]);                                             \
-    }                                                                                           \
-  }
-FACENMS_TO_FLOAT_ROWS(at::Half)
-FACENMS_TO_FLOAT_ROWS(at::BFloat16)
-#undef FACENMS_TO_FLOAT_ROWS
-
 // Scores rows src_rows[0..n) of src, sorts them by descending score
 // (ascending with centrality), ties by the smaller row index index[i], and
 // puts the unit rows into y in that order; ranked[i] gets their row indices.
@@ -79,7 +60,7 @@ bool rank_identity(const T* base, int64_t ld, int64_t d, const int64_t* rows, in
                    bool centrality, RankScratch& s, int64_t* ranked, float* y) {
   if constexpr (sizeof(T) == 2) {
     if ((int64_t)s.raw.size() < n * d) s.raw.resize(n * d);
-    to_float_rows(base, ld, rows, n, d, s.raw.data());
+    load_rows(base, ld, rows, n, d, s.raw.data(), /*unit=*/false);
     if ((int64_t)s.pos.size() < n) {
       s.pos.resize(n);
       std::iota(s.pos.begin(), s.pos.end(), int64_t(0));

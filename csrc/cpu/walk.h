@@ -27,16 +27,20 @@
 namespace facenms {
 namespace {
 
-// Rows are converted to float32 and scaled to unit norm. One cloned function
-// per element type, written out by a macro: GCC 12 does not clone templates.
+// Rows are converted to float32 and, with `unit`, scaled to unit norm (the
+// conversion alone is exact). One cloned function per element type, written
+// out by a macro: GCC 12 does not clone templates.
 #define FACENMS_LOAD_ROWS(T)                                                                     \
   FACENMS_CLONES void load_rows(const T* base, int64_t ld, const int64_t* rows, int64_t n,       \
-                                int64_t d, float* dst) {                                         \
+                                int64_t d, float* dst, bool unit = true) {                       \
     const int64_t d16 = d & ~int64_t(15);                                                        \
     for (int64_t i = 0; i < n; ++i, dst += d) {                                                  \
       const T* src = base + rows[i] * ld;                                                        \
-      const float ss = sumsq_f32(src, d);                                                        \
-      const float inv = ss > 0.f ? 1.f / std::sqrt(ss) : 0.f;                                    \
+      float inv = 1.f;                                                                           \
+      if (unit) {                                                                                \
+        const float ss = sumsq_f32(src, d);                                                      \
+        inv = ss > 0.f ? 1.f / std::sqrt(ss) : 0.f;                                              \
+      }                                                                                          \
       int64_t k = 0;                                                                             \
       for (; k < d16; k += 16) {                                                                 \
         const v16 v = load16(src + k) * inv;                                                     \
