@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import facenms  # noqa: E402
 import speed_baselines as sb  # noqa: E402
-from facenms.synthetic import webface_like  # noqa: E402
+from facenms.eval.embeddings import webface_like  # noqa: E402
 
 
 def best_of(fn, repeat):

@@ -20,7 +20,9 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 import facenms  # noqa: E402
-from facenms import ops, selection as sel  # noqa: E402
+from facenms.core import ops  # noqa: E402
+from facenms.core.csr import group  # noqa: E402
+from facenms.core.ranking import rank  # noqa: E402
 from out_of_core import template  # noqa: E402
 
 
@@ -47,9 +49,9 @@ def main():
         print("select %-18s %6.2f us/face CPU (%7.0f faces per core-second), wall %.1f s, "
               "%d passes" % (kw, c / n * 1e6, n / c, w, info.passes))
     xt = torch.from_numpy(x)
-    _, order, offsets, s = sel._group(lab, n, xt.device)
+    _, order, offsets, s = group(lab, n, xt.device)
     c = cpu()
-    order = sel._rank(xt, order, offsets, s, "sparsity", None, 0)
+    order = rank(xt, order, offsets, s, "sparsity", None, 0)
     steps = {"rank": cpu() - c}
     for lanes in (1, 64):
         ts = torch.linspace(0.5, 0.8, lanes, dtype=torch.float64) if lanes > 1 else \

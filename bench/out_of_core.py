@@ -6,7 +6,7 @@ selection hold, selected with bounded resident memory.
 
 1. Writes N x d float16 WebFace-like features in identity order and int64
    labels: copies of a 1M-face template (identity sizes of
-   facenms.synthetic, near-duplicate bursts), each with a random sign per
+   facenms.eval.embeddings, near-duplicate bursts), each with a random sign per
    column (see write_features), a chunk at a time.
 2. Disk: drops the file's cached pages (posix_fadvise DONTNEED, no root
    needed) and reads it once sequentially: the cold read speed.
@@ -35,11 +35,11 @@ ROOT = os.path.dirname(HERE)
 # ------------------------------------------------------------ generation ----
 
 def template(n, d, seed=0, chunk=1 << 17):
-    """n WebFace-like fp16 faces (identity sizes of facenms.synthetic, shared nuisance
+    """n WebFace-like fp16 faces (identity sizes of facenms.eval.embeddings, shared nuisance
     directions, a third near-duplicates of an earlier face), identity after identity."""
     import torch
     sys.path.insert(0, ROOT)
-    from facenms.synthetic import identity_sizes
+    from facenms.eval.embeddings import identity_sizes
     rng = np.random.default_rng(seed)
     sizes = identity_sizes(n, rng)
     g = torch.Generator().manual_seed(seed)

@@ -68,7 +68,8 @@ def faiss_nms(x, groups, t):
 
 def ranked_groups(x, labels):
     """facenms's grouping and rank order, as a list of row-index arrays."""
-    from facenms.selection import _group, _rank
+    from facenms.core.csr import group as _group
+    from facenms.core.ranking import rank as _rank
     xt = torch.as_tensor(np.asarray(x))
     _, order, offsets, sizes = _group(labels, len(labels), xt.device)
     order = _rank(xt, order, offsets, sizes, "sparsity", None, 0).numpy()

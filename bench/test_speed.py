@@ -17,7 +17,7 @@ import torch
 
 import facenms
 import speed_baselines as sb
-from facenms.synthetic import webface_like
+from facenms.eval.embeddings import webface_like
 
 FACES = int(os.environ.get("FACENMS_BENCH_FACES", 200_000))
 T = 0.7

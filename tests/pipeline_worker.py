@@ -21,9 +21,9 @@ sys.path.insert(0, os.path.dirname(HERE))
 import torch  # noqa: E402
 
 import tinyfaces  # noqa: E402
-from facenms.extract import extract  # noqa: E402
+from facenms.pipeline.extract import extract  # noqa: E402
 from facenms.models import IResNet  # noqa: E402
-from facenms.proxy import train_proxy  # noqa: E402
+from facenms.pipeline.proxy import train_proxy  # noqa: E402
 
 TINY = dict(layers=(1, 1, 1, 1), width=8)
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 import facenms
-from facenms.synthetic import webface_like
+from facenms.eval.embeddings import webface_like
 
 
 def run(*args, ok=True):
-    p = subprocess.run([sys.executable, "-m", "facenms.cli", *map(str, args)],
+    p = subprocess.run([sys.executable, "-m", "facenms", *map(str, args)],
                        capture_output=True, text=True, timeout=300)
     assert (p.returncode == 0) == ok, p.stdout + p.stderr
     return p.stdout + p.stderr

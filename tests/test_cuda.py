@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import facenms
-from facenms import ops
+from facenms.core import ops
 
 BUILT_CUDA = facenms.build_info()["cuda"]
 HAS_GPU = BUILT_CUDA and torch.cuda.is_available()
@@ -145,7 +145,7 @@ SIZES = [1, 2, 3, 0, 7, 20, 31, 32, 33, 40, 64, 65, 100, 129, 5, 2]
 def test_cuda_kernels_registered_when_built():
     info = facenms.build_info()
     if not info["cuda"]:
-        pytest.skip("built without CUDA (%s)" % facenms._ext.BUILD.get("flags", ""))
+        pytest.skip("built without CUDA (%s)" % info.get("flags", ""))
     for op in ("facenms::nms", "facenms::prepare"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA"), op
     assert info["cuda_kernels_registered"]

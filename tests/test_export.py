@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from facenms import export
+from facenms.pipeline import export
 from facenms.data import RecordIO, open_dataset, synthetic, unpack, write_face_recordio
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -198,7 +198,7 @@ def test_progress_hook(tmp_path, folder):
 
 KILLED_EXPORT = r"""
 import sys, time
-from facenms import export
+from facenms.pipeline import export
 from facenms.data import open_dataset
 
 ds, out, marker = open_dataset(sys.argv[1]), sys.argv[2], sys.argv[3]

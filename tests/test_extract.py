@@ -11,8 +11,9 @@ import torch
 
 import tinyfaces
 from procs import WORKER, child_env, torchrun
-from facenms.extract import extract, load_model
-from facenms.proxy import load_proxy, train_proxy
+from facenms.pipeline.embedders import load_model
+from facenms.pipeline.extract import extract
+from facenms.pipeline.proxy import load_proxy, train_proxy
 
 BS = 4  # 48 faces -> 12 batches
 # torch.jit and the TorchScript ONNX exporter warn that they are deprecated

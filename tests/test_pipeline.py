@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 
 import facenms
-from facenms.cli import DEMO_CONFIG
+from facenms.cli.demo import DEMO_CONFIG
 from facenms.data import open_dataset, synthetic
-from facenms.pipeline import load_config, run
-from facenms.proxy import load_checkpoint
+from facenms.pipeline.run import load_config, run
+from facenms.pipeline.proxy import load_checkpoint
 
 
 @pytest.fixture(scope="module")

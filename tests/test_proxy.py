@@ -8,7 +8,7 @@ import tinyfaces
 from procs import torchrun
 from facenms.data import open_dataset
 from facenms.models import HEADS, MODELS, get_head, get_model
-from facenms.proxy import (lr_factor, load_checkpoint, load_proxy, proxy_subset,
+from facenms.pipeline.proxy import (lr_factor, load_checkpoint, load_proxy, proxy_subset,
                            train_proxy)
 
 

@@ -1,13 +1,13 @@
 """facenms.report: files written atomically, valid PNGs that matplotlib reads back, the CLI."""
-import argparse
 import os
 
 import numpy as np
 import pytest
 
 import facenms
-from facenms.report import add_cli, write_report
-from facenms.synthetic import webface_like
+from facenms import cli
+from facenms.pipeline.report import write_report
+from facenms.eval.embeddings import webface_like
 from facenms.verification import evaluate
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -81,15 +81,13 @@ def test_cli(tmp_path, selection, capsys):
     x, labels, keep, info = selection
     for name, a in (("f.npy", x), ("l.npy", labels), ("k.npy", keep)):
         np.save(tmp_path / name, a)
-    p = argparse.ArgumentParser()
-    add_cli(p.add_subparsers(dest="cmd"))
-    args = p.parse_args(["report", "--features", str(tmp_path / "f.npy"), "--labels",
-                         str(tmp_path / "l.npy"), "--keep", str(tmp_path / "k.npy"),
-                         "--out", str(tmp_path / "out"), "--threshold", str(info.threshold),
-                         "--sample-pairs", "2000"])
-    args.func(args)
+    argv = ["report", "--features", str(tmp_path / "f.npy"), "--labels",
+            str(tmp_path / "l.npy"), "--keep", str(tmp_path / "k.npy"),
+            "--out", str(tmp_path / "out"), "--threshold", str(info.threshold),
+            "--sample-pairs", "2000"]
+    cli.main(argv)
     assert "report.md" in capsys.readouterr().out
     _check_png(tmp_path / "out" / "ratio_vs_threshold.png")
-    args.keep = str(tmp_path / "missing.npy")
-    with pytest.raises(SystemExit, match="keep file not found"):
-        args.func(args)
+    argv[6] = str(tmp_path / "missing.npy")
+    with pytest.raises(SystemExit, match="facenms report: error: keep file not found"):
+        cli.main(argv)

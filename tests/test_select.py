@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 import facenms
 from facenms import reference
-from facenms.synthetic import webface_like
+from facenms.eval.embeddings import webface_like
 
 from conftest import threshold_away
 

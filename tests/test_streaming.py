@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 import facenms
-from facenms import cli, streaming
-from facenms.distributed import split_identities
-from facenms.sort_features import sort_features
-from facenms.synthetic import webface_like
+from facenms import cli
+from facenms.scale import blocks as streaming, reader
+from facenms.scale.dist import split_identities
+from facenms.scale.sort_features import sort_features
+from facenms.eval.embeddings import webface_like
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -187,4 +188,4 @@ def test_reader_reads_views_of_memory_maps(tmp_path):
     for arr, ref in ((mm, a), (mm[100:], a[100:]), (mm[::2], a[::2]), (mm[:, :5], a[:, :5]),
                      (raw[7:], a[7:])):
         for r in (rows, scattered):
-            np.testing.assert_array_equal(streaming._Reader(arr).read(r), ref[r])
+            np.testing.assert_array_equal(reader.Reader(arr).read(r), ref[r])

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 import facenms
-from facenms import ops
+from facenms.core import ops
 
 HBM_GBS = 4800.0  # H200
 MEAN_SIZE, TAIL, MAX_SIZE = 21.0, 1.42, 5000  # WebFace-like identity sizes

@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the repository, fo
 
 import facenms  # noqa: E402
 from facenms import baselines  # noqa: E402
-from facenms._atomic import AtomicFiles  # noqa: E402
+from facenms.data.atomic import AtomicFiles  # noqa: E402
 from facenms.verification import evaluate, load_bin  # noqa: E402
 from train import ArraySource, ImageSource, embed, train  # noqa: E402
 from world import WorldConfig, make_world  # noqa: E402
@@ -322,7 +322,7 @@ def main(argv=None):
         r, feats, kept = run_seed(task, seed, args, log)
         rows += r
         if args.report and seed == args.seeds[0] and ("facenms", 0.6) in kept:
-            from facenms.report import write_report
+            from facenms.pipeline.report import write_report
             evals = {"%s %.1f" % (x["method"], x["ratio"]): x for x in r
                      if x["ratio"] in (1.0, 0.6) and x["method"] in ("full", "facenms", "random")}
             write_report(os.path.join(args.out, "report"), feats, task.labels,

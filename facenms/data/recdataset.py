@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from .._atomic import AtomicFiles
+from .atomic import AtomicFiles
 from .base import FaceDataset, image_format
 from .recordio import IRHeader, RecordIO, RecordIOWriter, default_idx_path, pack, unpack
 
@@ -148,7 +148,7 @@ class RecordDataset(FaceDataset):
 
     def read_bytes(self, i):
         key = self.key(i)
-        return self.rec._unpack_key(self.rec.read(key), key)[1]
+        return self.rec.unpack_key(self.rec.read(key), key)[1]
 
     def name(self, i):
         return "rec:%d" % self.key(i)

@@ -28,7 +28,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from .._atomic import AtomicFiles
+from .atomic import AtomicFiles, Transaction
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -143,7 +143,7 @@ class RecordIO:
     """Random access reader of a .rec file through its .idx.
 
         rec = RecordIO("train.rec")        # train.idx beside it
-        header, img = rec.unpack(rec.read(rec.keys[0]))
+        header, img = unpack(rec.read(rec.keys[0]))
 
     The file is opened lazily and reopened in a forked process, so one instance
     can be shared with DataLoader workers.
@@ -260,18 +260,15 @@ class RecordIO:
             flag = _IR.unpack_from(head, _FRAME.size)[0]
             if magic == MAGIC and lrec >> 29 == 0 and (lrec & _LEN_MASK) >= IR_SIZE + 4 * flag:
                 tail = self._pread(4 * flag, pos + len(head)) if flag else b""
-                return self._unpack_key(head[_FRAME.size:] + tail, key)[0]
-        return self._unpack_key(self.read(key), key)[0]
+                return self.unpack_key(head[_FRAME.size:] + tail, key)[0]
+        return self.unpack_key(self.read(key), key)[0]
 
-    def _unpack_key(self, record, key):
+    def unpack_key(self, record, key):
+        """(IRHeader, payload) of a record, errors naming the file and key."""
         try:
             return unpack(record)
         except ValueError as e:
             raise ValueError("%s: record key %d: %s" % (self.rec_path, key, e)) from None
-
-    @staticmethod
-    def unpack(record):
-        return unpack(record)
 
     def __enter__(self):
         return self
@@ -281,7 +278,7 @@ class RecordIO:
         return False
 
 
-class RecordIOWriter:
+class RecordIOWriter(Transaction):
     """Writes a .rec and its .idx under temporary names, renamed on close().
 
         with RecordIOWriter("out/train.rec") as w:
@@ -317,20 +314,12 @@ class RecordIOWriter:
         self._idx.write("%d\t%d\n" % (key, self._pos))
         self._pos += len(data)
 
-    def close(self):
+    def commit(self):
         """Finish: both files renamed into place (by the group's owner if shared)."""
         if self._own:
             self._files.commit()
 
+    close = commit
+
     def abort(self):
         self._files.abort()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-        return False

@@ -12,7 +12,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from .._atomic import AtomicDir
+from .atomic import AtomicDir
 from .recdataset import write_face_recordio
 
 

@@ -23,158 +23,19 @@ import json
 import os
 import sys
 import time
-import zipfile
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
-from . import _runtime as rt
-from ._atomic import AtomicFiles, _fsync_dir
+from ..data.atomic import AtomicFiles, fsync_dir
+from ..scale.dist import join
+from . import runtime as rt
+from .embedders import load_model
 
 FORMAT = "facenms-features/1"
 
 
-# ----------------------------------------------------------------------------- models
-
-def _sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _sha256_module(module):
-    h = hashlib.sha256(type(module).__qualname__.encode())
-    for k, v in module.state_dict().items():
-        h.update(k.encode())
-        h.update(str(v.dtype).encode())
-        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-class _TorchModel:
-    def __init__(self, module, device, input_size, desc, fingerprint, eval_mode=True):
-        self.module = module.to(device)
-        if eval_mode:  # an exported program is frozen in the mode it was exported in
-            self.module.eval()
-        self.input_size = input_size
-        self.desc = desc
-        self.fingerprint = fingerprint
-        self.uses_autocast = True
-
-    def __call__(self, x):
-        out = self.module(x)
-        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
-            raise ValueError("%s must return one (batch, dim) tensor, got %s" % (
-                self.desc, tuple(out.shape) if isinstance(out, torch.Tensor) else type(out)))
-        return out.float()
-
-
-class _OnnxModel:
-    """An ONNX face model (e.g. insightface's) run by onnxruntime. Input
-    NCHW float; a model exported with a fixed batch size is fed in chunks."""
-
-    def __init__(self, path, device, fingerprint):
-        try:
-            import onnxruntime as ort
-        except ImportError as e:
-            raise ImportError("extracting with the ONNX model %s needs onnxruntime: "
-                              "pip install onnxruntime (onnxruntime-gpu for CUDA)" % path) from e
-        providers = ["CPUExecutionProvider"]
-        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = torch.get_num_threads()
-        try:
-            self.sess = ort.InferenceSession(os.fspath(path), opts, providers=providers)
-        except Exception as e:
-            raise ValueError("onnxruntime cannot load %s: %s" % (path, e)) from e
-        inputs = self.sess.get_inputs()
-        if len(inputs) != 1 or len(inputs[0].shape) != 4:
-            raise ValueError("%s: expected one N x 3 x H x W input, the model has %s" % (
-                path, [(i.name, i.shape) for i in inputs]))
-        inp = inputs[0]
-        self.name = inp.name
-        self.batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
-        h, w = inp.shape[2], inp.shape[3]
-        self.input_size = h if isinstance(h, int) and h == w else None
-        self.np_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
-        self.desc = "ONNX model %s" % os.path.basename(path)
-        self.fingerprint = fingerprint
-        self.uses_autocast = False
-
-    def __call__(self, x):
-        a = x.detach().float().cpu().numpy().astype(self.np_dtype)
-        if self.batch is None or self.batch == len(a):
-            out = self.sess.run(None, {self.name: a})[0]
-        else:
-            parts = []
-            for s in range(0, len(a), self.batch):
-                chunk = a[s:s + self.batch]
-                n = len(chunk)
-                if n < self.batch:  # the model only takes full batches: pad
-                    chunk = np.concatenate([chunk, np.zeros((self.batch - n,) + chunk.shape[1:],
-                                                            chunk.dtype)])
-                parts.append(self.sess.run(None, {self.name: chunk})[0][:n])
-            out = np.concatenate(parts)
-        out = np.asarray(out).reshape(len(a), -1).astype(np.float32)
-        return torch.from_numpy(out).to(x.device)
-
-
-def _is_torchscript(path):
-    try:
-        with zipfile.ZipFile(path) as z:
-            return any(n.endswith("constants.pkl") for n in z.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
-
-
-def load_model(model, device="cpu"):
-    """A callable (float NCHW -> float32 (N, d)) with .desc, .fingerprint,
-    .input_size, from a path (proxy checkpoint, TorchScript, .pt2 exported
-    program, .onnx) or an nn.Module."""
-    device = torch.device(device)
-    if isinstance(model, nn.Module):
-        return _TorchModel(model, device, getattr(model, "input_size", None),
-                           "model %s" % type(model).__name__, _sha256_module(model))
-    if not isinstance(model, (str, os.PathLike)):
-        raise TypeError("model must be a path (proxy checkpoint, TorchScript, .pt2, .onnx) or "
-                        "an nn.Module, got %s" % type(model).__name__)
-    path = os.fspath(model)
-    if not os.path.isfile(path):
-        raise FileNotFoundError("model file %s does not exist" % path)
-    fp = _sha256_file(path)
-    if path.lower().endswith(".onnx"):
-        return _OnnxModel(path, device, fp)
-    if path.lower().endswith(".pt2"):
-        try:
-            module = torch.export.load(path).module()
-        except Exception as e:
-            raise ValueError("cannot load exported program %s (torch.export.save): %s"
-                             % (path, e)) from e
-        return _TorchModel(module, device, None, "exported program %s" % os.path.basename(path),
-                           fp, eval_mode=False)
-    if _is_torchscript(path):
-        try:
-            module = torch.jit.load(path, map_location=device)
-        except Exception as e:
-            raise ValueError("cannot load TorchScript model %s: %s" % (path, e)) from e
-        return _TorchModel(module, device, None, "TorchScript %s" % os.path.basename(path), fp)
-    from .proxy import load_checkpoint, load_proxy
-    try:
-        ck = load_checkpoint(path)
-    except ValueError as e:
-        raise ValueError("%s is neither an ONNX file (.onnx), an exported program (.pt2), a "
-                         "TorchScript file nor a facenms proxy checkpoint (%s)"
-                         % (path, e)) from None
-    return _TorchModel(load_proxy(path, device), device, ck["config"]["input_size"],
-                       "proxy %s (%s)" % (os.path.basename(path), ck["config"]["backbone"]), fp)
-
-
-# ------------------------------------------------------------------------- extraction
 
 def _paths(out_path, labels_path):
     out = os.fspath(out_path)
@@ -183,14 +44,6 @@ def _paths(out_path, labels_path):
     return dict(out=out, labels=os.fspath(labels_path), meta=out + ".json",
                 partial=out + ".partial", progress=out + ".progress",
                 state=out + ".state.json")
-
-
-def _read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def _diff(old, new):
@@ -221,7 +74,7 @@ def _prepare(p, config, labels, resume, n_batches):
     """Rank 0: make or reuse the partial file; returns 'done' when the final
     outputs already match, else None."""
     if resume and os.path.exists(p["out"]):
-        meta = _read_json(p["meta"])
+        meta = rt.read_json(p["meta"])
         if meta is not None and meta.get("config") == config:
             if not os.path.exists(p["labels"]):  # lost or moved since: cheap to redo
                 with AtomicFiles() as files:
@@ -232,7 +85,7 @@ def _prepare(p, config, labels, resume, n_batches):
                % "; ".join(_diff(meta.get("config", {}), config)))
         raise ValueError("features %s exist but %s; delete them or pass resume=False"
                          % (p["out"], why))
-    state = _read_json(p["state"]) if resume else None
+    state = rt.read_json(p["state"]) if resume else None
     if state is not None and state.get("config") != config:
         raise ValueError("cannot resume the extraction in %s, it was started with other "
                          "settings (%s); delete %s or pass resume=False" % (
@@ -305,8 +158,7 @@ def _on_all_ranks(d, fn):
             out[0] = fn()
         except Exception as e:  # re-raised below, on every rank
             out[1] = e
-    if d.world > 1:
-        torch.distributed.broadcast_object_list(out, src=0)
+    out = d.broadcast(out)
     if out[1] is not None:
         if d.main:
             raise out[1]
@@ -341,8 +193,8 @@ def extract(dataset, model, out_path, *, batch_size=256, workers=2, amp="bf16", 
     n = len(labels)
     if n == 0:
         raise ValueError("the dataset has no faces")
-    d = rt.setup_distributed(device)
-    net = load_model(model, d.device)
+    d, dev = join(device)
+    net = load_model(model, dev)
     first = rt.IndexedFaces(ds)[0][0][None]
     size = input_size or net.input_size
     if size is None:  # the images' own size; faces of other sizes are resized to it
@@ -352,17 +204,17 @@ def extract(dataset, model, out_path, *, batch_size=256, workers=2, amp="bf16", 
                              "input size: pass input_size" % (h, w))
         size = int(h)
     faces = rt.IndexedFaces(ds, size=size)
-    probe = _embed(net, rt.to_input(first, d.device, size, mean, std), d.device, amp, flip)
+    probe = _embed(net, rt.to_input(first, dev, size, mean, std), dev, amp, flip)
     config = dict(n=n, dim=int(probe.shape[1]), batch_size=int(batch_size), flip=bool(flip),
                   amp=amp if net.uses_autocast else None, input_size=size,
                   image_size=list(first.shape[-2:]), mean=float(mean), std=float(std),
                   model=net.fingerprint,
                   labels=hashlib.sha256(labels.tobytes()).hexdigest())
-    return _run(ds, faces, labels, net, config, out_path, labels_path, d, workers,
+    return _run(ds, faces, labels, net, config, out_path, labels_path, d, dev, workers,
                 resume, progress, sync_every, t0)
 
 
-def _run(ds, faces, labels, net, config, out_path, labels_path, d, workers, resume,
+def _run(ds, faces, labels, net, config, out_path, labels_path, d, dev, workers, resume,
          progress, sync_every, t0):
     n, bs = config["n"], config["batch_size"]
     n_batches = -(-n // bs)
@@ -381,7 +233,7 @@ def _run(ds, faces, labels, net, config, out_path, labels_path, d, workers, resu
     out = _Rows(p["partial"], p["progress"])
     loader = DataLoader(faces, batch_sampler=[range(k * bs, min(n, (k + 1) * bs)) for k in mine],
                         num_workers=workers if len(mine) > 1 else 0,
-                        pin_memory=d.device.type == "cuda")
+                        pin_memory=dev.type == "cuda")
     bar = None
     if progress and d.main:
         from tqdm import tqdm
@@ -395,8 +247,8 @@ def _run(ds, faces, labels, net, config, out_path, labels_path, d, workers, resu
 
     try:
         for k, (img, _, idx) in zip(mine, loader):
-            x = rt.to_input(img, d.device, config["input_size"], config["mean"], config["std"])
-            e = _embed(net, x, d.device, config["amp"], config["flip"])
+            x = rt.to_input(img, dev, config["input_size"], config["mean"], config["std"])
+            e = _embed(net, x, dev, config["amp"], config["flip"])
             norm = e.norm(dim=1, keepdim=True)
             bad = ~torch.isfinite(norm[:, 0]) | (norm[:, 0] == 0)
             if bool(bad.any()):
@@ -430,7 +282,7 @@ def _run(ds, faces, labels, net, config, out_path, labels_path, d, workers, resu
             files.open(p["meta"], "w").write(json.dumps(
                 dict(format=FORMAT, config=config, labels=p["labels"]), indent=1))
         os.replace(p["partial"], p["out"])  # last: the features appear only when complete
-        _fsync_dir(os.path.dirname(os.path.abspath(p["out"])))
+        fsync_dir(os.path.dirname(os.path.abspath(p["out"])))
         for k in ("progress", "state"):
             os.unlink(p[k])
 

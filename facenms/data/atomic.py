@@ -17,7 +17,7 @@ def temp_name(final):
     return os.path.join(d, ".%s.tmp-%d-%s" % (base, os.getpid(), uuid.uuid4().hex[:8]))
 
 
-def _fsync_dir(path):
+def fsync_dir(path):
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:  # pragma: no cover - some file systems do not allow it
@@ -30,7 +30,7 @@ def _fsync_dir(path):
         os.close(fd)
 
 
-class _Transaction:
+class Transaction:
     """`with` commits on success and aborts on an exception."""
 
     def __enter__(self):
@@ -44,7 +44,7 @@ class _Transaction:
         return False
 
 
-class AtomicFiles(_Transaction):
+class AtomicFiles(Transaction):
     """A group of output files, committed together or not at all.
 
         with AtomicFiles() as out:
@@ -97,7 +97,7 @@ class AtomicFiles(_Transaction):
             os.replace(tmp, final)
             dirs.add(os.path.dirname(os.path.abspath(final)))
         for d in dirs:
-            _fsync_dir(d)
+            fsync_dir(d)
         self._pending = []
         self._made = []
 
@@ -122,7 +122,7 @@ class AtomicFiles(_Transaction):
 
 
 
-class AtomicDir(_Transaction):
+class AtomicDir(Transaction):
     """Build a directory tree under a temporary name; rename it into place on success.
 
     `final` must not exist, or be an empty directory, unless overwrite=True (the
@@ -154,7 +154,7 @@ class AtomicDir(_Transaction):
                 old = temp_name(self.final)
                 os.replace(self.final, old)
         os.replace(self.tmp, self.final)
-        _fsync_dir(os.path.dirname(self.final))
+        fsync_dir(os.path.dirname(self.final))
         if old is not None:
             if os.path.isdir(old) and not os.path.islink(old):
                 shutil.rmtree(old, ignore_errors=True)

@@ -26,11 +26,13 @@ finished feature file, a selection made with the same settings, an export
 that exists) and every file is written atomically, so a run can be killed and
 started again.
 """
-import json
 import os
 import time
 
 import numpy as np
+
+from ..scale.dist import is_main
+from .runtime import read_json, write_json
 
 STAGES = ("proxy", "extract", "select", "export", "report")
 
@@ -72,8 +74,8 @@ def _log(stage, msg):
 def run(config, stages=STAGES, progress=True):
     """Run the stages of a config (a dict or a path); returns the paths written."""
     import facenms
+    from ..data import open_dataset
     from . import export as ex
-    from .data import open_dataset
     from .extract import extract
     from .proxy import train_proxy
 
@@ -102,13 +104,12 @@ def run(config, stages=STAGES, progress=True):
                 progress=progress, **cfg.get("extract", {}))
         _log("extract", "%s (%.1f s)" % (paths["features"], time.perf_counter() - t))
 
-    import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+    if not is_main():
         return paths  # under torchrun, rank 0 alone selects, exports and reports
 
     if "select" in stages:
         sel = dict(cfg.get("select", {"ratio": 0.6}))
-        done = _read_json(paths["select_info"])
+        done = read_json(paths["select_info"], {})
         if done.get("settings") == sel and os.path.exists(paths["keep"]):
             _log("select", "already done: %s" % paths["keep"])
         else:
@@ -138,25 +139,9 @@ def run(config, stages=STAGES, progress=True):
 
     if "report" in stages and cfg.get("report") is not None:
         from .report import write_report
-        info = _read_json(paths["select_info"])
+        info = read_json(paths["select_info"], {})
         write_report(paths["report"], np.load(paths["features"], mmap_mode="r"),
                      np.load(paths["labels"]), np.load(paths["keep"]),
                      threshold=info.get("threshold"), **cfg["report"])
         _log("report", paths["report"])
     return paths
-
-
-def _read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
-
-
-def write_json(path, doc):
-    """A small JSON file, written atomically."""
-    from ._atomic import AtomicFiles
-    with AtomicFiles() as out:
-        with out.open(path, "w") as f:
-            json.dump(doc, f, indent=2)

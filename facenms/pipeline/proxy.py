@@ -21,8 +21,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from . import _runtime as rt
-from .models import get_head, get_model
+from ..models import get_head, get_model
+from ..scale.dist import join
+from . import runtime as rt
 
 FORMAT = "facenms-proxy/1"
 CHECKPOINT = "proxy.pt"
@@ -162,7 +163,7 @@ def train_proxy(dataset, out_dir, *, subset="identities", fraction=0.1, seed=0,
     rt.autocast("cpu", amp)  # validates amp
     ds = rt.open_dataset(dataset)
     labels = rt.dataset_labels(ds)
-    d = rt.setup_distributed(device)
+    d, dev = join(device)
     config = dict(
         n_faces=len(ds), subset=subset, fraction=float(fraction), seed=int(seed),
         backbone=backbone, head=head, embedding_size=int(embedding_size),
@@ -171,11 +172,11 @@ def train_proxy(dataset, out_dir, *, subset="identities", fraction=0.1, seed=0,
         epochs=int(epochs), global_batch=int(batch_size) * d.world, lr=float(lr),
         momentum=float(momentum), weight_decay=float(weight_decay),
         schedule=schedule, warmup_epochs=float(warmup_epochs), amp=amp)
-    return _train(ds, labels, out_dir, config, d, batch_size, workers, resume,
+    return _train(ds, labels, out_dir, config, d, dev, batch_size, workers, resume,
                   log_every, progress, clip_grad, t0)
 
 
-def _train(ds, labels, out_dir, config, d, batch_size, workers, resume, log_every,
+def _train(ds, labels, out_dir, config, d, dev, batch_size, workers, resume, log_every,
            progress, clip_grad, t0):
     os.makedirs(out_dir, exist_ok=True)
     ck_path = os.path.join(out_dir, CHECKPOINT)
@@ -195,12 +196,12 @@ def _train(ds, labels, out_dir, config, d, batch_size, workers, resume, log_ever
 
     torch.manual_seed(config["seed"])  # the same initial weights on every rank
     backbone, head = _build(config, n_classes)
-    net = ProxyNet(backbone, head).to(d.device)
+    net = ProxyNet(backbone, head).to(dev)
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=config["lr"], momentum=config["momentum"],
                           weight_decay=config["weight_decay"])
     # fp16 gradients underflow without loss scaling; bf16 has float32's range
-    scaler = torch.amp.GradScaler(d.device.type, enabled=config["amp"] == "fp16")
+    scaler = torch.amp.GradScaler(dev.type, enabled=config["amp"] == "fp16")
     start, history = 0, []
     if ck is not None:
         backbone.load_state_dict(ck["backbone"])
@@ -215,7 +216,7 @@ def _train(ds, labels, out_dir, config, d, batch_size, workers, resume, log_ever
     sampler = DistributedSampler(faces, num_replicas=d.world, rank=d.rank, shuffle=True,
                                  seed=config["seed"], drop_last=True)
     loader = DataLoader(faces, batch_size=batch_size, sampler=sampler, drop_last=True,
-                        num_workers=workers, pin_memory=d.device.type == "cuda",
+                        num_workers=workers, pin_memory=dev.type == "cuda",
                         persistent_workers=workers > 0)
     steps = len(loader)
     if steps == 0:
@@ -230,7 +231,7 @@ def _train(ds, labels, out_dir, config, d, batch_size, workers, resume, log_ever
     model = net
     if d.world > 1:
         model = DistributedDataParallel(
-            net, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+            net, device_ids=[dev.index] if dev.type == "cuda" else None)
 
     bar = None
     if progress and d.main:
@@ -244,13 +245,13 @@ def _train(ds, labels, out_dir, config, d, batch_size, workers, resume, log_ever
         # horizontal flips drawn from (seed, epoch, rank): a rerun sees the same ones
         gen = torch.Generator().manual_seed(
             (config["seed"] * 1_000_003 + epoch) * 4099 + d.rank)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
         for step, (img, y, _) in enumerate(loader):
-            x = rt.to_input(img, d.device)
-            flip = (torch.rand(len(x), generator=gen) < 0.5).to(d.device)
+            x = rt.to_input(img, dev)
+            flip = (torch.rand(len(x), generator=gen) < 0.5).to(dev)
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            y = y.to(d.device, non_blocking=True)
-            with rt.autocast(d.device, config["amp"]):
+            y = y.to(dev, non_blocking=True)
+            with rt.autocast(dev, config["amp"]):
                 logits = model(x, y)
             loss = F.cross_entropy(logits.float(), y)
             opt.zero_grad(set_to_none=True)
@@ -269,8 +270,7 @@ def _train(ds, labels, out_dir, config, d, batch_size, workers, resume, log_ever
                 if step % max(1, log_every) == 0:
                     bar.set_postfix(epoch=epoch + 1, loss="%.4f" % loss.item(),
                                     lr="%.3g" % opt.param_groups[0]["lr"])
-        if d.world > 1:
-            torch.distributed.all_reduce(loss_sum)
+        loss_sum = d.sum(loss_sum)
         mean = loss_sum.item() / (steps * d.world)
         if not math.isfinite(mean):
             raise FloatingPointError(

@@ -1,5 +1,7 @@
 """Typed wrappers over torch.ops.facenms.* and their fake (meta) kernels.
 
+Each wrapper loads the compiled extension on first use (see extension.py).
+
 The fake kernels give output shapes without running anything, so that
 ``torch.compile`` can trace code that calls the ops.
 """
@@ -7,14 +9,24 @@ from typing import Tuple
 
 import torch
 
-from . import _ext  # noqa: F401  (registers the ops)
+from . import extension
 
 MAX_LANES = 64
+_fakes = []  # registered once the extension has defined the ops
+
+
+def load():
+    """Load the extension (ImportError if it is unusable) and register the fake kernels."""
+    extension.load()
+    if not _fakes:
+        _register_fakes()
+        _fakes.append(True)
 
 
 def prepare(x: torch.Tensor, order: torch.Tensor, offsets: torch.Tensor
             ) -> Tuple[torch.Tensor, torch.Tensor]:
     """float64 row norms and sparsity scores of rows ``order``, grouped by ``offsets``."""
+    load()
     return torch.ops.facenms.prepare(x, order, offsets)
 
 
@@ -25,6 +37,7 @@ def nms(x: torch.Tensor, order: torch.Tensor, offsets: torch.Tensor,
     Returns ``bits`` (int64 per row of ``order``; bit j set = kept at
     ``thresholds[..., j]``) and the kept counts, shaped like ``thresholds``.
     """
+    load()
     return torch.ops.facenms.nms(x, order, offsets, thresholds, int(min_keep))
 
 
@@ -36,23 +49,24 @@ def rank_nms(x: torch.Tensor, order: torch.Tensor, offsets: torch.Tensor,
     Returns the ranked ``order``, ``bits``, counts, and the smallest row index
     that is zero or not finite as a 0-d tensor (-1 if none). CPU only.
     """
+    load()
     return torch.ops.facenms.rank_nms(x, order, offsets, thresholds, int(min_keep),
                                       bool(centrality))
 
 
-@torch.library.register_fake("facenms::prepare")
-def _prepare_fake(x, order, offsets):
-    n = order.shape[0]
-    return x.new_empty((n,), dtype=torch.float64), x.new_empty((n,), dtype=torch.float64)
+def _register_fakes():
+    """Output shapes without running anything (called once _C has defined the ops)."""
+    @torch.library.register_fake("facenms::prepare")
+    def _prepare_fake(x, order, offsets):
+        n = order.shape[0]
+        return x.new_empty((n,), dtype=torch.float64), x.new_empty((n,), dtype=torch.float64)
 
+    @torch.library.register_fake("facenms::nms")
+    def _nms_fake(x, order, offsets, thresholds, min_keep):
+        return (order.new_empty(order.shape, dtype=torch.int64),
+                order.new_empty(thresholds.shape, dtype=torch.int64))
 
-@torch.library.register_fake("facenms::nms")
-def _nms_fake(x, order, offsets, thresholds, min_keep):
-    return (order.new_empty(order.shape, dtype=torch.int64),
-            order.new_empty(thresholds.shape, dtype=torch.int64))
-
-
-@torch.library.register_fake("facenms::rank_nms")
-def _rank_nms_fake(x, order, offsets, thresholds, min_keep, centrality):
-    return (torch.empty_like(order), order.new_empty(order.shape),
-            order.new_empty(thresholds.shape), order.new_empty(()))
+    @torch.library.register_fake("facenms::rank_nms")
+    def _rank_nms_fake(x, order, offsets, thresholds, min_keep, centrality):
+        return (torch.empty_like(order), order.new_empty(order.shape),
+                order.new_empty(thresholds.shape), order.new_empty(()))

@@ -1,26 +1,57 @@
-"""Selection split over processes (torchrun): who does which identities, and
-the few reductions that make every process take the same decisions.
+"""Work split over processes (torchrun): the one place facenms joins a process
+group, decides who is rank 0, and reduces.
 
     torchrun --nproc_per_node=8 -m facenms select --features F.npy ... --distributed
 
-Each rank runs NMS on a contiguous range of identities (in ascending label
-order) with about the same sum(n_c^2), the work of the kernels. The ratio
-search sums the per-threshold kept counts over ranks after every pass, so all
-ranks walk the same thresholds; the kept faces are summed into one mask at the
-end. gloo reduces CPU tensors, nccl CUDA tensors (moved there for the call).
+Selection: each rank runs NMS on a contiguous range of identities (in
+ascending label order) with about the same sum(n_c^2), the work of the
+kernels. The ratio search sums the per-threshold kept counts over ranks after
+every pass, so all ranks walk the same thresholds; the kept faces are summed
+into one mask at the end. gloo reduces CPU tensors, nccl CUDA tensors (moved
+there for the call). Proxy training and extraction join the same group.
 """
+import atexit
 import os
 
 import numpy as np
 import torch
 
-__all__ = ["init", "active", "Comm", "split_identities"]
+__all__ = ["init", "join", "active", "is_main", "Comm", "split_identities"]
+
+
+def _dist():
+    import torch.distributed as dist
+    return dist
 
 
 def active():
     """True inside an initialised process group of more than one process."""
-    import torch.distributed as dist
+    dist = _dist()
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def is_main():
+    """Rank 0 of the group, or a process outside any group: the one that writes and prints."""
+    dist = _dist()
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _leave():
+    dist = _dist()
+    if dist.is_initialized():
+        try:
+            dist.barrier()  # leave together: a rank closing early can abort another
+        except Exception:  # another rank is already gone; nothing left to wait for
+            pass
+        dist.destroy_process_group()
+
+
+def _start(backend):
+    # A group made here lives until the process exits, so that several stages
+    # (train, then extract, then select) run in one torchrun process:
+    # destroying a group and making another on the same rendezvous port hangs.
+    _dist().init_process_group(backend)
+    atexit.register(_leave)
 
 
 def init(backend=None):
@@ -29,7 +60,7 @@ def init(backend=None):
     backend: "gloo" or "nccl"; default nccl when CUDA is available, else gloo.
     Returns (rank, world_size).
     """
-    import torch.distributed as dist
+    dist = _dist()
     if not dist.is_available():
         raise RuntimeError("facenms: this torch build has no torch.distributed")
     if dist.is_initialized():
@@ -43,8 +74,27 @@ def init(backend=None):
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend)
+    _start(backend)
     return dist.get_rank(), dist.get_world_size()
+
+
+def join(device=None):
+    """(Comm, compute device) for a stage that trains or extracts.
+
+    Joins torchrun's group when WORLD_SIZE > 1 (nccl with CUDA, gloo on the
+    CPU); a plain process is rank 0 of 1. Default device: this rank's GPU, or
+    the CPU.
+    """
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = ("cuda:%d" % (local_rank % torch.cuda.device_count())
+                  if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _dist().is_initialized():
+        _start("nccl" if device.type == "cuda" else "gloo")
+    return (Comm() if _dist().is_initialized() else Comm.single()), device
 
 
 def split_identities(sizes, world):
@@ -69,10 +119,10 @@ def split_identities(sizes, world):
 
 
 class Comm:
-    """rank / world and the reductions selection needs; a no-op for one process."""
+    """rank / world, a barrier and the reductions facenms needs; a no-op for one process."""
 
     def __init__(self, group=None):
-        import torch.distributed as dist
+        dist = _dist()
         self.dist = dist
         self.group = group
         self.world = dist.get_world_size(group)
@@ -87,6 +137,14 @@ class Comm:
         c.dist, c.group, c.world, c.rank, c.device = None, None, 1, 0, torch.device("cpu")
         return c
 
+    @property
+    def main(self):
+        return self.rank == 0
+
+    def barrier(self):
+        if self.world > 1:
+            self.dist.barrier(group=self.group)
+
     def _reduce(self, t, op):
         if self.world == 1:
             return t
@@ -100,3 +158,11 @@ class Comm:
 
     def min(self, t):
         return self._reduce(t, None if self.world == 1 else self.dist.ReduceOp.MIN)
+
+    def broadcast(self, obj):
+        """Rank 0's Python object, on every rank."""
+        if self.world == 1:
+            return obj
+        box = [obj]
+        self.dist.broadcast_object_list(box, src=0, group=self.group)
+        return box[0]

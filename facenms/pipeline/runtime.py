@@ -1,16 +1,14 @@
-"""Pieces the proxy trainer and the extractor share: opening a dataset,
-torchrun process groups, image batches to model input, autocast, atomic writes."""
-import atexit
+"""What the pipeline stages share: the dataset and its labels, faces as
+model input, autocast, and small files written atomically."""
 import contextlib
+import json
 import os
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
-from ._atomic import AtomicFiles
+from ..data.atomic import AtomicFiles
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None, "none": None,
               "fp32": None}
@@ -19,12 +17,8 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None, "none":
 def open_dataset(dataset):
     """A FaceDataset from a path (through facenms.data), or the object itself."""
     if isinstance(dataset, (str, os.PathLike)):
-        try:
-            from .data import open_dataset as _open
-        except ImportError as e:
-            raise ImportError("opening the dataset %s needs facenms.data, which failed to "
-                              "import: %s" % (os.fspath(dataset), e)) from e
-        return _open(dataset)
+        from ..data import open_dataset as open_path
+        return open_path(dataset)
     missing = [a for a in ("labels", "__getitem__", "__len__") if not hasattr(dataset, a)]
     if missing:
         raise TypeError("dataset must be a path or a FaceDataset-like object (labels, "
@@ -41,53 +35,6 @@ def dataset_labels(ds):
     if not np.issubdtype(labels.dtype, np.integer):
         raise TypeError("dataset labels must be integers, got %s" % labels.dtype)
     return labels.astype(np.int64, copy=False)
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def main(self):
-        return self.rank == 0
-
-    def barrier(self):
-        if self.world > 1:
-            dist.barrier()
-
-
-
-def _destroy_group():
-    if dist.is_initialized():
-        try:
-            dist.barrier()  # leave together: a rank closing early can abort another
-        except Exception:  # another rank is already gone; nothing left to wait for
-            pass
-        dist.destroy_process_group()
-
-
-def setup_distributed(device=None):
-    """Joins the torchrun process group when WORLD_SIZE > 1 (nccl with CUDA,
-    gloo on CPU); a plain process is rank 0 of 1. A group made here lives until
-    the process exits, so that several stages (train, then extract) can run in
-    one torchrun process: destroying a group and making another on the same
-    rendezvous port hangs."""
-    world_env = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = ("cuda:%d" % (local_rank % torch.cuda.device_count())
-                  if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if world_env > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        atexit.register(_destroy_group)
-    if dist.is_initialized():
-        return Dist(dist.get_rank(), dist.get_world_size(), device)
-    return Dist(0, 1, device)
 
 
 def autocast(device, amp):
@@ -152,3 +99,19 @@ def atomic_torch_save(obj, path):
 def atomic_write_text(text, path):
     with AtomicFiles() as out:
         out.open(path, "w").write(text)
+
+
+def read_json(path, default=None):
+    """A JSON file's content, or `default` when it is missing or unreadable."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return default
+
+
+def write_json(path, doc):
+    """A small JSON file, written atomically."""
+    with AtomicFiles() as out:
+        with out.open(path, "w") as f:
+            json.dump(doc, f, indent=2)

@@ -11,10 +11,10 @@ import shutil
 import numpy as np
 from PIL import Image
 
-from ._atomic import AtomicDir, AtomicFiles
-from .data.base import decode_image, image_format
-from .data.imagefolder import ImageFolderDataset
-from .data.recdataset import RecordDataset, write_face_recordio
+from ..data.atomic import AtomicDir, AtomicFiles
+from ..data.base import decode_image, image_format
+from ..data.imagefolder import ImageFolderDataset
+from ..data.recdataset import RecordDataset, write_face_recordio
 
 # formats insightface (OpenCV imdecode), mxnet and DALI all decode; others are re-encoded
 _REC_FORMATS = {"JPEG": "jpg", "PNG": "png", "BMP": "bmp"}

@@ -23,11 +23,12 @@ import os
 
 import numpy as np
 
-from ._atomic import AtomicFiles
-from .streaming import _Reader, block_rows, open_features
+from ..data.atomic import AtomicFiles
+from .blocks import block_rows
+from .reader import Reader, open_features
 
 
-def _side_paths(out):
+def side_paths(out):
     stem = out[:-4] if out.endswith(".npy") else out
     return stem + ".perm.npy", stem + ".labels.npy"
 
@@ -55,13 +56,13 @@ def sort_features(features, labels, out, perm_out=None, labels_out=None, block_s
     if isinstance(features, (str, os.PathLike)) and os.path.exists(out) \
             and os.path.samefile(os.fspath(features), out):
         raise ValueError("sort-features cannot write over its input %s" % out)
-    side = _side_paths(out)
+    side = side_paths(out)
     perm_out = os.fspath(perm_out) if perm_out is not None else side[0]
     labels_out = os.fspath(labels_out) if labels_out is not None else side[1]
 
     perm = np.argsort(labels, kind="stable").astype(np.int64)
     rows = block_rows(x.shape[1], x.itemsize, block_size, max_memory)
-    reader = _Reader(x)
+    reader = Reader(x)
     header = {"descr": np.lib.format.dtype_to_descr(x.dtype), "fortran_order": False,
               "shape": x.shape}
     with AtomicFiles() as files:

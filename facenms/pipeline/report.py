@@ -1,7 +1,7 @@
 """A report on a selection: PNG plots and a markdown summary.
 
     facenms.report.write_report("report/", features, labels, keep, threshold=0.63)
-    facenms report --features F.npy --labels L.npy --keep keep.npy --out report/
+    facenms report --features F.npy --labels L.npy --keep keep.npy --out report/   # the CLI
 
 Writes, into ``out_dir``:
 
@@ -20,9 +20,9 @@ import os
 
 import numpy as np
 
-from ._atomic import AtomicFiles
+from ..data.atomic import AtomicFiles
 
-__all__ = ["write_report", "add_cli"]
+__all__ = ["write_report"]
 
 SAMPLE_PAIRS = 200_000
 
@@ -247,34 +247,3 @@ def write_report(out_dir, features, labels, keep, *, threshold=None, eval_result
         with out.open(paths["report"], "w") as f:
             f.write("\n".join(lines))
     return paths
-
-
-# ----------------------------------------------------------------- CLI ----
-
-def _cmd_report(args):
-    from .cli import _load_array as load
-    feats = load(args.features, "features")
-    labels = load(args.labels, "labels", mmap=False)
-    keep = load(args.keep, "keep", mmap=False)
-    try:
-        paths = write_report(args.out, feats, labels, keep, threshold=args.threshold,
-                             sample_pairs=args.sample_pairs)
-    except (ValueError, TypeError) as e:
-        raise SystemExit("facenms report: %s" % e)
-    print("facenms report: wrote %s" % ", ".join(sorted(os.path.basename(p)
-                                                        for p in paths.values())))
-    print("  in %s" % args.out)
-
-
-def add_cli(subparsers):
-    """Register `facenms report` on an argparse subparsers object."""
-    r = subparsers.add_parser("report", help="plots and a summary of a selection")
-    r.add_argument("--features", required=True, help=".npy of (N, d) float features")
-    r.add_argument("--labels", required=True, help=".npy of (N,) integer labels")
-    r.add_argument("--keep", required=True, help=".npy of the kept indices")
-    r.add_argument("--out", required=True, help="directory to write the report into")
-    r.add_argument("--threshold", type=float, help="the threshold used, to mark on the plots")
-    r.add_argument("--sample-pairs", type=int, default=SAMPLE_PAIRS,
-                   help="within-identity pairs sampled for the similarity plot")
-    r.set_defaults(func=_cmd_report)
-    return r

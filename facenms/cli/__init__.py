@@ -1,0 +1,52 @@
+"""The `facenms` command line: one module per command.
+
+Every failure a user can cause (a missing or unreadable file, a bad value, a
+file in the way) ends as one line on stderr, ``facenms <command>: error:
+...``, and exit code 1; ``FACENMS_DEBUG=1`` shows the traceback instead.
+"""
+import argparse
+import os
+import sys
+
+from . import demo, export, extract, info, report, run, select, sort, train
+from .common import CommandError
+
+COMMANDS = (select, sort, report, demo, export, train, extract, run, info)
+# what a user's input or environment can raise; anything else is a bug and keeps its traceback
+USER_ERRORS = (CommandError, ValueError, TypeError, OSError, ImportError, EOFError, MemoryError,
+               OverflowError, RuntimeError)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="facenms", description=(
+        "Face-NMS core-set selection for face-recognition training sets."))
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for command in COMMANDS:
+        command.add(sub)
+    return p
+
+
+def one_line(e):
+    """An exception as one line of text."""
+    msg = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, OSError) and e.filename is not None and str(e.filename) not in msg:
+        msg += ": %s" % e.filename
+    if isinstance(e, MemoryError):
+        msg = "out of memory" + (" (%s)" % msg if msg != "MemoryError" else "")
+    return msg
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except USER_ERRORS as e:
+        if os.environ.get("FACENMS_DEBUG", "0") not in ("", "0"):
+            raise
+        raise SystemExit("facenms %s: error: %s" % (args.cmd, one_line(e))) from None
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

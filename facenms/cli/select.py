@@ -1,0 +1,49 @@
+"""`facenms select`: the core set of a feature file, in memory, streamed or under torchrun."""
+import os
+
+from .common import add_memory_args, add_selection_args, load_array, parse_bytes, progress
+
+
+def add(sub):
+    s = sub.add_parser("select", help="select a core set from features and labels")
+    s.add_argument("--features", required=True, help=".npy of (N, d) float features")
+    s.add_argument("--labels", required=True, help=".npy of (N,) integer labels")
+    add_selection_args(s)
+    s.add_argument("--out", required=True, help="where to write the kept indices (.npy)")
+    s.add_argument("--info", help="also write a JSON summary here")
+    add_memory_args(s)
+    s.add_argument("--distributed", action="store_true",
+                   help="split the work over torchrun's processes (default when WORLD_SIZE > 1)")
+    s.set_defaults(func=run)
+
+
+def select(features, labels, args, scores=None):
+    import facenms
+    distributed = True if args.distributed or int(os.environ.get("WORLD_SIZE", "1")) > 1 \
+        else None
+    return facenms.select(
+        features, labels, ratio=args.ratio, threshold=args.threshold, rank=args.rank,
+        scores=scores, min_per_identity=args.min_per_identity, per_identity=args.per_identity,
+        device=args.device, return_info=True, progress=progress(), block_size=args.block_size,
+        max_memory=parse_bytes(args.max_memory) if args.max_memory else None,
+        distributed=distributed)
+
+
+def run(args):
+    from ..pipeline.export import save_indices
+    from ..pipeline.runtime import write_json
+    from ..scale.dist import is_main
+    feats = load_array(args.features, "features")
+    labels = load_array(args.labels, "labels", mmap=False)
+    scores = load_array(args.scores, "scores", mmap=False) if args.scores else None
+    keep, info = select(feats, labels, args, scores)
+    if not is_main():  # every rank has the result; rank 0 writes it
+        return
+    save_indices(args.out, keep)  # numpy or torch
+    print("facenms select: " + info.summary())
+    print("wrote %d indices to %s" % (len(keep), args.out))
+    if args.info:
+        doc = {k: getattr(info, k) for k in ("threshold", "ratio", "target_ratio", "kept",
+                                              "n_faces", "passes", "timings")}
+        doc["n_identities"] = info.n_identities
+        write_json(args.info, doc)

@@ -1,0 +1,32 @@
+"""`facenms train-proxy`: a small proxy model trained on a subset of the identities."""
+from .common import given
+
+
+def add(sub):
+    t = sub.add_parser("train-proxy", help="train a small proxy model on a subset")
+    t.add_argument("--dataset", required=True, help="image folder or RecordIO")
+    t.add_argument("--out", required=True, help="folder for checkpoints (proxy.pt)")
+    t.add_argument("--subset", choices=["identities", "faces"])
+    t.add_argument("--fraction", type=float, help="fraction of identities/faces (default 0.1)")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--backbone", help="iresnet18, iresnet50, mobilefacenet, ...")
+    t.add_argument("--head", choices=["arcface", "cosface"])
+    t.add_argument("--embedding-size", type=int)
+    t.add_argument("--input-size", type=int)
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int, help="per process")
+    t.add_argument("--lr", type=float)
+    t.add_argument("--amp", choices=["bf16", "fp16", "none"], default="bf16")
+    t.add_argument("--workers", type=int)
+    t.add_argument("--device")
+    t.add_argument("--no-resume", action="store_true", help="start over")
+    t.set_defaults(func=run)
+
+
+def run(args):
+    from ..pipeline.proxy import train_proxy
+    kw = given(args, ["subset", "fraction", "seed", "backbone", "head", "embedding_size",
+                      "input_size", "epochs", "batch_size", "lr", "workers", "device"])
+    kw["amp"] = None if args.amp == "none" else args.amp
+    path = train_proxy(args.dataset, args.out, resume=not args.no_resume, **kw)
+    print("facenms train-proxy: checkpoint %s" % path)

@@ -1,0 +1,143 @@
+"""The one place where selection inputs are checked and converted.
+
+Features and scores become torch tensors (zero copy when possible), the
+settings of a selection are validated together, and results go back in the
+caller's array family. Every check raises ValueError/TypeError naming the
+problem (and, for rows, the first bad row).
+"""
+import warnings
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+RANKS = ("sparsity", "centrality", "random", "scores")
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def as_tensor(a, name):
+    """numpy / torch / DLPack (cupy, jax, ...) -> torch tensor, zero copy when possible."""
+    if isinstance(a, torch.Tensor):
+        return a
+    if isinstance(a, np.ndarray):
+        if any(s < 0 for s in a.strides):
+            a = np.ascontiguousarray(a)
+        with warnings.catch_warnings():  # read-only memmaps are only read
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(a)
+    if hasattr(a, "__dlpack__"):
+        return torch.from_dlpack(a)
+    if isinstance(a, (list, tuple)):
+        return torch.from_numpy(np.asarray(a))
+    raise TypeError("%s must be a numpy array, a torch tensor or a DLPack array, got %s"
+                    % (name, type(a).__name__))
+
+
+def check_features(x):
+    """A 2-D float tensor whose rows the kernels can read (strided rows are copied)."""
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError("features must be float32, float16 or bfloat16 (float64 is accepted "
+                        "and computed in float32), got %s" % x.dtype)
+    if x.dim() != 2:
+        raise ValueError("features must be 2-D (N, d), got shape %s" % (tuple(x.shape),))
+    if x.shape[1] > 0 and x.stride(1) != 1:
+        x = x.contiguous()  # the kernels read rows; only strided rows need a copy
+    return x
+
+
+def check_scores(scores, n, device):
+    """User ranking scores as float64 on `device`: one finite number per face."""
+    scores = as_tensor(scores, "scores")
+    if scores.dim() != 1 or scores.shape[0] != n:
+        raise ValueError("scores must be 1-D with one score per face (%d), got shape %s"
+                         % (n, tuple(scores.shape)))
+    if scores.dtype.is_complex or scores.dtype == torch.bool:
+        raise TypeError("scores must be real numbers, got %s" % scores.dtype)
+    scores = scores.to(device, torch.float64)
+    if not bool(torch.isfinite(scores).all()):
+        raise ValueError("scores[%d] is not finite" % int(
+            torch.nonzero(~torch.isfinite(scores))[0]))
+    return scores
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a selection is asked to do, validated."""
+    ratio: Optional[float]  # exactly one of ratio and threshold is set
+    threshold: Optional[float]
+    rank: str
+    min_keep: int  # every identity keeps at least min(min_keep, n_c) faces
+    per_identity: bool
+    seed: int
+
+    @property
+    def mode(self):
+        """'threshold', 'ratio' (one global threshold searched) or 'per_identity'."""
+        if self.threshold is not None:
+            return "threshold"
+        return "per_identity" if self.per_identity else "ratio"
+
+
+def settings(ratio=None, threshold=None, rank=None, scores=None, min_per_identity=1,
+             per_identity=False, seed=0):
+    """Validated Settings from select()'s keyword arguments."""
+    if (ratio is None) == (threshold is None):
+        raise ValueError("give exactly one of ratio= and threshold=, got %s" % (
+            "both" if ratio is not None else "neither"))
+    if ratio is not None:
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float, np.floating)) \
+                or not 0 < float(ratio) <= 1:
+            raise ValueError("ratio must be a number in (0, 1], got %r" % (ratio,))
+        ratio = float(ratio)
+    if threshold is not None:
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)) \
+                or not -1 <= float(threshold) <= 1:
+            raise ValueError("threshold must be a number in [-1, 1], got %r" % (threshold,))
+        if per_identity:
+            raise ValueError("per_identity=True needs ratio=, not threshold=")
+        threshold = float(threshold)
+    if rank is None:
+        rank = "scores" if scores is not None else "sparsity"
+    if rank not in RANKS:
+        raise ValueError("rank must be one of %s, got %r" % (", ".join(RANKS), rank))
+    if (rank == "scores") != (scores is not None):
+        raise ValueError("rank='scores' and scores= go together" if scores is None else
+                         "scores= were given with rank=%r; leave rank unset" % rank)
+    if isinstance(min_per_identity, bool) or not isinstance(min_per_identity, (int, np.integer)) \
+            or min_per_identity < 0:
+        raise ValueError("min_per_identity must be an integer >= 0, got %r" % (min_per_identity,))
+    return Settings(ratio, threshold, rank, int(min_per_identity), bool(per_identity), seed)
+
+
+def to_family(result, like):
+    """Indices back in the caller's array family (and, for tensors, device)."""
+    if isinstance(like, torch.Tensor):
+        return result
+    if type(like).__module__.split(".")[0] == "cupy":
+        import cupy
+        return cupy.from_dlpack(result)
+    return result.cpu().numpy()  # numpy, memmaps, lists, and other DLPack producers
+
+
+def bad_row_message(row, zero):
+    return "features row %d has %s" % (
+        row, "zero norm" if zero else "a non-finite value (NaN or Inf)")
+
+
+def first_bad_row(x):
+    """(row, is zero) of the first row of x that is zero or not finite, or None."""
+    for a in range(0, x.shape[0], 1 << 16):
+        norms = x[a:a + (1 << 16)].double().norm(dim=1)
+        bad = torch.nonzero(~torch.isfinite(norms) | (norms == 0)).reshape(-1)
+        if len(bad):
+            return a + int(bad[0]), float(norms[int(bad[0])]) == 0
+    return None
+
+
+def raise_bad_row(x):
+    """ValueError naming the first row of x that is zero or not finite."""
+    bad = first_bad_row(x)
+    if bad is None:
+        raise AssertionError("no bad row in features")  # only called when a kernel saw one
+    raise ValueError(bad_row_message(*bad))

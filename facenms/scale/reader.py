@@ -1,0 +1,128 @@
+"""Rows of a feature array read into RAM: pread() on a memory-mapped .npy,
+numpy gathers otherwise."""
+import mmap
+import os
+
+import numpy as np
+import torch
+
+
+def is_mapped(a):
+    """True for a numpy array whose memory is (a view of) a memory-mapped file."""
+    while isinstance(a, np.ndarray):
+        if isinstance(a, np.memmap):
+            return True
+        a = a.base
+    return isinstance(a, mmap.mmap)
+
+
+def nbytes(a):
+    if isinstance(a, torch.Tensor):
+        return a.numel() * a.element_size()
+    return getattr(a, "nbytes", 0)
+
+
+def is_path(a):
+    """A .npy path or an existing file (any other string is a type error later)."""
+    return isinstance(a, (str, os.PathLike)) and (
+        os.fspath(a).endswith(".npy") or os.path.isfile(a))
+
+
+def open_features(features):
+    """A path to a .npy opens memory-mapped; arrays pass through."""
+    if isinstance(features, (str, os.PathLike)):
+        path = os.fspath(features)
+        if not os.path.exists(path):
+            raise FileNotFoundError("features file not found: %s" % path)
+        try:
+            return np.load(path, mmap_mode="r")
+        except ValueError as e:
+            raise ValueError("cannot memory-map features file %s: %s" % (path, e)) from None
+    return features
+
+
+class Reader:
+    """Gathers rows of a 2-D numpy array (memory-mapped or not) into RAM.
+
+    Rows are read in ascending order. Rows of a memory-mapped .npy are read
+    with pread() straight into the block, one call per run of consecutive
+    rows (a file in identity order reads sequentially, with the kernel's
+    read-ahead). Pages are never mapped into this process: the page cache may
+    hold a file in large folios, and touching one row through the mapping can
+    map megabytes of its neighbours. Other arrays are gathered with
+    numpy (a memory map without a file we can open is then released with
+    madvise(MADV_DONTNEED)).
+    """
+
+    def __init__(self, arr):
+        self.arr = arr
+        mm = arr
+        while isinstance(mm, np.ndarray) and getattr(mm, "_mmap", None) is None:
+            mm = mm.base
+        self.mm = mm._mmap if isinstance(mm, np.memmap) else (
+            mm if isinstance(mm, mmap.mmap) else None)
+        self.file = None  # (path, file position of row 0, bytes between rows)
+        if isinstance(arr, np.memmap) and arr.ndim == 2 and self.mm is not None and \
+                arr.strides[1] == arr.itemsize and arr.strides[0] >= 0 and \
+                isinstance(arr.filename, str) and os.path.isfile(arr.filename):
+            # the mapping starts at the granularity boundary below arr.offset
+            start = arr.offset - arr.offset % mmap.ALLOCATIONGRANULARITY
+            base = np.frombuffer(self.mm, dtype=np.uint8, count=1).ctypes.data
+            self.file = (arr.filename, start + arr.ctypes.data - base, arr.strides[0])
+
+    def read(self, rows):
+        """arr[rows] for ascending int64 rows, as a C-contiguous array."""
+        if len(rows) == 0:
+            return np.empty((0,) + self.arr.shape[1:], self.arr.dtype)
+        cut = np.flatnonzero(np.diff(rows) != 1) + 1
+        if self.file is None and len(cut) + 1 > max(1, len(rows) // 16):
+            out = np.take(self.arr, rows, axis=0)
+            self.release()
+            return np.ascontiguousarray(out)
+        out = np.empty((len(rows),) + self.arr.shape[1:], self.arr.dtype)
+        starts = np.concatenate([[0], cut]).tolist()
+        ends = np.concatenate([cut, [len(rows)]]).tolist()
+        if self.file is None:
+            for s, e in zip(starts, ends):
+                out[s:e] = self.arr[rows[s]:rows[s] + (e - s)]
+            self.release()
+            return out
+        path, pos0, stride = self.file
+        row_bytes = out.shape[1] * out.itemsize
+        view = memoryview(out.reshape(len(rows), -1).view(np.uint8)).cast("B")
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for s, e in zip(starts, ends):
+                if stride != row_bytes:  # padded rows: one read per row
+                    for i in range(s, e):
+                        pread_all(fd, view[i * row_bytes:(i + 1) * row_bytes],
+                                   pos0 + int(rows[i]) * stride)
+                else:
+                    pread_all(fd, view[s * row_bytes:e * row_bytes],
+                               pos0 + int(rows[s]) * stride)
+        finally:
+            os.close(fd)
+        return out
+
+    def load(self, pos):
+        """The rows `pos` in RAM: (features, local indices of pos, local -> caller row)."""
+        rows = np.sort(pos)
+        data = self.read(rows)
+        return torch.from_numpy(data), torch.from_numpy(np.searchsorted(rows, pos)), rows
+
+    def release(self):
+        if self.mm is not None and hasattr(self.mm, "madvise"):
+            try:
+                self.mm.madvise(mmap.MADV_DONTNEED)
+            except (OSError, ValueError):  # pragma: no cover - not every platform
+                pass
+
+
+def pread_all(fd, buf, pos):
+    """Fill buf from file position pos (pread may return less than asked)."""
+    done = 0
+    while done < len(buf):
+        got = os.preadv(fd, [buf[done:]], pos + done)
+        if got <= 0:
+            raise OSError("features file ended early at byte %d" % (pos + done))
+        done += got
