@@ -4,7 +4,7 @@
 
 Prints a markdown table: faces/s, time, and speed-up of facenms over each
 baseline on the same WebFace-like synthetic set, plus the fp32 compute limit
-of this machine from a measured GEMM rate (DESIGN.md section 5).
+of this machine from a measured GEMM rate.
 """
 import argparse
 import os

@@ -77,7 +77,7 @@ def ranked_groups(x, labels):
 
 
 def numpy_rank(x, labels):
-    """Grouping and sparsity ranking (DESIGN.md section 2) in plain numpy, per identity."""
+    """Grouping and sparsity ranking (README, "The selection rule") in plain numpy, per identity."""
     order = np.argsort(labels, kind="stable")
     lab = labels[order]
     starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])

@@ -71,7 +71,7 @@ def test_report_failure_midway_leaves_no_file(tmp_path, selection, monkeypatch):
     x, labels, keep, _ = selection
     def boom(*a, **k):  # fails after the first two plots were written
         raise RuntimeError("boom")
-    monkeypatch.setattr(facenms, "curve", boom)
+    monkeypatch.setattr(facenms.core.select, "curve", boom)
     with pytest.raises(RuntimeError, match="boom"):
         write_report(tmp_path, x, labels, keep, sample_pairs=1000)
     assert os.listdir(tmp_path) == []

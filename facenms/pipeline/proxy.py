@@ -193,25 +193,8 @@ def _train(ds, labels, out_dir, config, d, dev, batch_size, workers, resume, log
                 print(_summary(config, ck_path, ck["history"], len(idx), n_classes,
                                trained=False), flush=True)
             return ck_path
-
-    torch.manual_seed(config["seed"])  # the same initial weights on every rank
-    backbone, head = _build(config, n_classes)
-    net = ProxyNet(backbone, head).to(dev)
-    params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=config["lr"], momentum=config["momentum"],
-                          weight_decay=config["weight_decay"])
-    # fp16 gradients underflow without loss scaling; bf16 has float32's range
-    scaler = torch.amp.GradScaler(dev.type, enabled=config["amp"] == "fp16")
-    start, history = 0, []
-    if ck is not None:
-        backbone.load_state_dict(ck["backbone"])
-        head.load_state_dict(ck["head"])
-        opt.load_state_dict(ck["optimizer"])
-        if ck.get("scaler"):
-            scaler.load_state_dict(ck["scaler"])
-        start, history = int(ck["epoch"]), list(ck["history"])
+    state = _State(config, n_classes, dev, ck)
     del ck
-
     faces = rt.IndexedFaces(ds, idx, sub_labels, size=config["input_size"])
     sampler = DistributedSampler(faces, num_replicas=d.world, rank=d.rank, shuffle=True,
                                  seed=config["seed"], drop_last=True)
@@ -223,71 +206,108 @@ def _train(ds, labels, out_dir, config, d, dev, batch_size, workers, resume, log
         raise ValueError("the proxy subset has %d faces, %d per process: not one full batch "
                          "of %d; lower batch_size or raise fraction"
                          % (len(faces), len(sampler), batch_size))
-    total = config["epochs"] * steps
-    warmup = int(round(config["warmup_epochs"] * steps))
-    done = start * steps  # a resumed schedule continues where the checkpoint stopped
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(done + s, total, warmup, config["schedule"]))
-    model = net
+    state.schedule(steps)
+    model = state.net
     if d.world > 1:
         model = DistributedDataParallel(
-            net, device_ids=[dev.index] if dev.type == "cuda" else None)
+            state.net, device_ids=[dev.index] if dev.type == "cuda" else None)
 
     bar = None
     if progress and d.main:
         from tqdm import tqdm
-        bar = tqdm(total=(config["epochs"] - start) * steps, desc="proxy", unit="batch",
+        bar = tqdm(total=(config["epochs"] - state.start) * steps, desc="proxy", unit="batch",
                    file=sys.stderr, dynamic_ncols=True)
-    for epoch in range(start, config["epochs"]):
+    for epoch in range(state.start, config["epochs"]):
         te = time.time()
         sampler.set_epoch(epoch)
-        model.train()
         # horizontal flips drawn from (seed, epoch, rank): a rerun sees the same ones
         gen = torch.Generator().manual_seed(
             (config["seed"] * 1_000_003 + epoch) * 4099 + d.rank)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
-        for step, (img, y, _) in enumerate(loader):
-            x = rt.to_input(img, dev)
-            flip = (torch.rand(len(x), generator=gen) < 0.5).to(dev)
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            y = y.to(dev, non_blocking=True)
-            with rt.autocast(dev, config["amp"]):
-                logits = model(x, y)
-            loss = F.cross_entropy(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if clip_grad:
-                scaler.unscale_(opt)
-                nn.utils.clip_grad_norm_(params, clip_grad)
-            scaler.step(opt)
-            scaler.update()
-            with warnings.catch_warnings():  # a step the scaler skipped (inf grads) is fine
-                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
-                sched.step()
-            loss_sum += loss.detach().double()
-            if bar is not None:
-                bar.update()
-                if step % max(1, log_every) == 0:
-                    bar.set_postfix(epoch=epoch + 1, loss="%.4f" % loss.item(),
-                                    lr="%.3g" % opt.param_groups[0]["lr"])
-        loss_sum = d.sum(loss_sum)
-        mean = loss_sum.item() / (steps * d.world)
+        loss_sum = _epoch(model, state, loader, gen, dev, clip_grad, bar, log_every, epoch)
+        mean = d.sum(loss_sum).item() / (steps * d.world)
         if not math.isfinite(mean):
             raise FloatingPointError(
                 "proxy training diverged: mean loss %r in epoch %d; lower lr or use "
                 "amp='bf16' / None" % (mean, epoch + 1))
-        history.append(dict(epoch=epoch + 1, loss=mean, lr=opt.param_groups[0]["lr"],
-                            seconds=time.time() - te))
+        state.history.append(dict(epoch=epoch + 1, loss=mean, lr=state.lr(),
+                                  seconds=time.time() - te))
         if d.main:
-            rt.atomic_torch_save(dict(
-                format=FORMAT, config=config, epoch=epoch + 1, history=history,
-                n_classes=n_classes, n_proxy_faces=len(idx),
-                backbone=backbone.state_dict(), head=head.state_dict(),
-                optimizer=opt.state_dict(), scaler=scaler.state_dict()), ck_path)
+            rt.atomic_torch_save(state.checkpoint(epoch + 1, len(idx)), ck_path)
         d.barrier()  # no rank runs ahead of the checkpoint it may have to resume from
     if bar is not None:
         bar.close()
     if d.main:
-        print(_summary(config, ck_path, history, len(idx), n_classes, time.time() - t0),
+        print(_summary(config, ck_path, state.history, len(idx), n_classes, time.time() - t0),
               flush=True)
     return ck_path
+
+
+class _State:
+    """The network, optimiser, loss scaler and schedule, fresh or from a checkpoint."""
+
+    def __init__(self, config, n_classes, dev, ck):
+        self.config, self.n_classes = config, n_classes
+        torch.manual_seed(config["seed"])  # the same initial weights on every rank
+        self.backbone, self.head = _build(config, n_classes)
+        self.net = ProxyNet(self.backbone, self.head).to(dev)
+        self.params = [p for p in self.net.parameters() if p.requires_grad]
+        self.opt = torch.optim.SGD(self.params, lr=config["lr"], momentum=config["momentum"],
+                                   weight_decay=config["weight_decay"])
+        # fp16 gradients underflow without loss scaling; bf16 has float32's range
+        self.scaler = torch.amp.GradScaler(dev.type, enabled=config["amp"] == "fp16")
+        self.start, self.history = 0, []
+        if ck is not None:
+            self.backbone.load_state_dict(ck["backbone"])
+            self.head.load_state_dict(ck["head"])
+            self.opt.load_state_dict(ck["optimizer"])
+            if ck.get("scaler"):
+                self.scaler.load_state_dict(ck["scaler"])
+            self.start, self.history = int(ck["epoch"]), list(ck["history"])
+
+    def schedule(self, steps):
+        c = self.config
+        total = c["epochs"] * steps
+        warmup = int(round(c["warmup_epochs"] * steps))
+        done = self.start * steps  # a resumed schedule continues where the checkpoint stopped
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: lr_factor(done + s, total, warmup, c["schedule"]))
+
+    def lr(self):
+        return self.opt.param_groups[0]["lr"]
+
+    def checkpoint(self, epoch, n_proxy_faces):
+        return dict(format=FORMAT, config=self.config, epoch=epoch, history=self.history,
+                    n_classes=self.n_classes, n_proxy_faces=n_proxy_faces,
+                    backbone=self.backbone.state_dict(), head=self.head.state_dict(),
+                    optimizer=self.opt.state_dict(), scaler=self.scaler.state_dict())
+
+
+def _epoch(model, state, loader, gen, dev, clip_grad, bar, log_every, epoch):
+    """One pass over the loader; returns the summed loss (a device tensor)."""
+    model.train()
+    amp, opt, scaler = state.config["amp"], state.opt, state.scaler
+    loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+    for step, (img, y, _) in enumerate(loader):
+        x = rt.to_input(img, dev)
+        flip = (torch.rand(len(x), generator=gen) < 0.5).to(dev)
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        y = y.to(dev, non_blocking=True)
+        with rt.autocast(dev, amp):
+            logits = model(x, y)
+        loss = F.cross_entropy(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if clip_grad:
+            scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(state.params, clip_grad)
+        scaler.step(opt)
+        scaler.update()
+        with warnings.catch_warnings():  # a step the scaler skipped (inf grads) is fine
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
+            state.sched.step()
+        loss_sum += loss.detach().double()
+        if bar is not None:
+            bar.update()
+            if step % max(1, log_every) == 0:
+                bar.set_postfix(epoch=epoch + 1, loss="%.4f" % loss.item(), lr="%.3g" % state.lr())
+    return loss_sum

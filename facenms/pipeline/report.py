@@ -80,11 +80,6 @@ def _pair_sims(features, pairs, chunk=65536):
     return out
 
 
-def _save(out, fig, path):
-    with out.open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
-
-
 def _field(r, name):
     return r[name] if isinstance(r, dict) else getattr(r, name)
 
@@ -100,8 +95,48 @@ def write_report(out_dir, features, labels, keep, *, threshold=None, eval_result
     ``tpr`` (and optionally ``tar``, {far: TAR}): a facenms.verification
     VerificationResult or a dict with those keys.
     """
-    import facenms
+    features, labels, keep = _check(features, labels, keep, threshold)
+    n = len(labels)
+    rng = np.random.default_rng(seed)
+    kept = np.zeros(n, bool)
+    kept[keep] = True
+    uniq, inv = np.unique(labels, return_inverse=True)
+    faces_per = np.bincount(inv, minlength=len(uniq))
+    kept_per = np.bincount(inv[keep], minlength=len(uniq))
+    lines = _summary(n, len(keep), threshold, faces_per, kept_per)
+    paths = {}
+    os.makedirs(out_dir, exist_ok=True)
+    with AtomicFiles() as out:
+        def save(name, fig):
+            paths[name] = os.path.join(out_dir, name + ".png")
+            with out.open(paths[name], "wb") as f:
+                fig.savefig(f, format="png", dpi=100)
+            _plt().close(fig)
 
+        save("kept_per_identity", _kept_per_identity_plot(faces_per, kept_per, len(keep), n))
+        all_pairs = _sample_pairs(labels, np.ones(n, bool), sample_pairs, rng)
+        kept_pairs = _sample_pairs(labels, kept, sample_pairs, rng)
+        s_all, s_kept = _pair_sims(features, all_pairs), _pair_sims(features, kept_pairs)
+        fig, more = _similarity_plot(s_all, s_kept, threshold)
+        save("similarity", fig)
+        lines += more
+        if n:
+            fig, more = _curve_plot(features, labels, s_all, len(keep), threshold)
+            save("ratio_vs_threshold", fig)
+            lines += more
+        if eval_results:
+            fig, more = _roc_plot(eval_results)
+            save("roc", fig)
+            lines += more
+        lines += ["## Plots", ""] + ["![%s](%s)" % (k, os.path.basename(v))
+                                      for k, v in paths.items()] + [""]
+        paths["report"] = os.path.join(out_dir, "report.md")
+        with out.open(paths["report"], "w") as f:
+            f.write("\n".join(lines))
+    return paths
+
+
+def _check(features, labels, keep, threshold):
     if hasattr(features, "detach"):
         features = features.detach().cpu().numpy()
     labels = np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels).reshape(-1)
@@ -118,132 +153,110 @@ def write_report(out_dir, features, labels, keep, *, threshold=None, eval_result
         raise ValueError("keep has repeated indices")
     if threshold is not None and not -1 <= float(threshold) <= 1:
         raise ValueError("threshold must be in [-1, 1], got %r" % (threshold,))
-    plt = _plt()
-    rng = np.random.default_rng(seed)
-    kept = np.zeros(n, bool)
-    kept[keep] = True
-    uniq, inv = np.unique(labels, return_inverse=True)
-    faces_per = np.bincount(inv, minlength=len(uniq))
-    kept_per = np.bincount(inv[keep], minlength=len(uniq))
-    paths = {}
-    lines = ["# facenms selection report", ""]
-    lines += ["| | |", "|---|---|",
-              "| faces | %d |" % n, "| identities | %d |" % len(uniq),
-              "| kept | %d (%.2f%%) |" % (len(keep), 100 * len(keep) / max(1, n)),
-              "| threshold | %s |" % ("%.4f" % threshold if threshold is not None else "not given"),
-              "| identities with no face kept | %d |" % int((kept_per == 0).sum()),
-              "| identities with one face kept | %d |" % int((kept_per == 1).sum()),
-              "| kept per identity: min / median / max | %d / %g / %d |" % (
-                  kept_per.min(), np.median(kept_per), kept_per.max()) if len(uniq) else "| | |",
-              "| faces per identity: min / median / max | %d / %g / %d |" % (
-                  faces_per.min(), np.median(faces_per), faces_per.max()) if len(uniq) else "| | |",
-              ""]
+    return features, labels, keep
 
-    os.makedirs(out_dir, exist_ok=True)
-    with AtomicFiles() as out:
-        # kept per identity
-        fig, ax = plt.subplots(figsize=(6.5, 4))
-        top = max(1, int(faces_per.max()) if len(uniq) else 1)
-        bins = np.unique(np.geomspace(1, top + 1, 40).astype(int)) if top > 40 else \
-            np.arange(0, top + 2) - 0.5
-        ax.hist(faces_per, bins=bins, alpha=0.5, label="faces per identity")
-        ax.hist(kept_per, bins=bins, alpha=0.7, label="kept per identity")
-        if top > 40:
-            ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("faces")
-        ax.set_ylabel("identities")
-        ax.legend()
-        ax.set_title("kept %d of %d faces (%.1f%%)" % (len(keep), n, 100 * len(keep) / max(1, n)))
-        fig.tight_layout()
-        paths["kept_per_identity"] = os.path.join(out_dir, "kept_per_identity.png")
-        _save(out, fig, paths["kept_per_identity"])
-        plt.close(fig)
 
-        # within-identity similarities, all faces vs kept faces
-        all_pairs = _sample_pairs(labels, np.ones(n, bool), sample_pairs, rng)
-        kept_pairs = _sample_pairs(labels, kept, sample_pairs, rng)
-        s_all, s_kept = _pair_sims(features, all_pairs), _pair_sims(features, kept_pairs)
-        fig, ax = plt.subplots(figsize=(6.5, 4))
-        hb = np.linspace(min(-0.2, float(s_all.min()) if len(s_all) else 0), 1.0, 80)
-        if len(s_all):
-            ax.hist(s_all, bins=hb, density=True, alpha=0.5, label="all faces (%d pairs)"
-                    % len(s_all))
-        if len(s_kept):
-            ax.hist(s_kept, bins=hb, density=True, alpha=0.6, label="kept faces (%d pairs)"
-                    % len(s_kept))
-        if threshold is not None:
-            ax.axvline(threshold, color="r", ls="--", label="threshold %.3f" % threshold)
-        ax.set_xlabel("cosine similarity within an identity")
-        ax.set_ylabel("density")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        paths["similarity"] = os.path.join(out_dir, "similarity.png")
-        _save(out, fig, paths["similarity"])
-        plt.close(fig)
-        lines += ["## Within-identity similarity (sampled pairs)", "",
-                  "| pairs | count | mean | 99th pct | above threshold |", "|---|---|---|---|---|"]
-        for name, s in (("all faces", s_all), ("kept faces", s_kept)):
-            if len(s):
-                above = "%.2f%%" % (100 * np.mean(s > threshold)) if threshold is not None else "-"
-                lines.append("| %s | %d | %.4f | %.4f | %s |" % (
-                    name, len(s), s.mean(), np.percentile(s, 99), above))
-        lines.append("")
+def _summary(n, n_keep, threshold, faces_per, kept_per):
+    some = len(faces_per) > 0
+    return ["# facenms selection report", "",
+            "| | |", "|---|---|",
+            "| faces | %d |" % n, "| identities | %d |" % len(faces_per),
+            "| kept | %d (%.2f%%) |" % (n_keep, 100 * n_keep / max(1, n)),
+            "| threshold | %s |" % ("%.4f" % threshold if threshold is not None else "not given"),
+            "| identities with no face kept | %d |" % int((kept_per == 0).sum()),
+            "| identities with one face kept | %d |" % int((kept_per == 1).sum()),
+            "| kept per identity: min / median / max | %d / %g / %d |" % (
+                kept_per.min(), np.median(kept_per), kept_per.max()) if some else "| | |",
+            "| faces per identity: min / median / max | %d / %g / %d |" % (
+                faces_per.min(), np.median(faces_per), faces_per.max()) if some else "| | |",
+            ""]
 
-        # kept ratio vs threshold, one pass
-        if n:
-            lo = min(0.0, float(np.percentile(s_all, 1))) if len(s_all) else 0.0
-            ts, ratios = facenms.curve(features, labels, thresholds=np.linspace(lo, 1.0, 64))
-            fig, ax = plt.subplots(figsize=(6.5, 4))
-            ax.plot(ts, 100 * ratios, marker=".")
-            ax.axhline(100 * len(keep) / n, color="g", ls=":", label="this selection %.1f%%"
-                       % (100 * len(keep) / n))
-            if threshold is not None:
-                ax.axvline(threshold, color="r", ls="--", label="threshold %.3f" % threshold)
-            ax.set_xlabel("threshold")
-            ax.set_ylabel("kept faces (%)")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-            fig.tight_layout()
-            paths["ratio_vs_threshold"] = os.path.join(out_dir, "ratio_vs_threshold.png")
-            _save(out, fig, paths["ratio_vs_threshold"])
-            plt.close(fig)
-            lines += ["## Kept ratio against threshold (one pass, Face-NMS rule)", "",
-                      "| threshold | kept % |", "|---|---|"]
-            for j in range(0, len(ts), 8):
-                lines.append("| %.3f | %.2f |" % (ts[j], 100 * ratios[j]))
-            lines.append("")
 
-        # ROC
-        if eval_results:
-            fig, ax = plt.subplots(figsize=(6.5, 4))
-            lines += ["## Verification", "", "| model | TAR@FAR=1e-3 | TAR@FAR=1e-4 |",
-                      "|---|---|---|"]
-            for name, r in eval_results.items():
-                fpr, tpr = np.asarray(_field(r, "fpr")), np.asarray(_field(r, "tpr"))
-                ok = fpr > 0
-                ax.plot(fpr[ok], tpr[ok], label=name)
-                try:
-                    tar = _field(r, "tar")
-                except (KeyError, AttributeError):
-                    tar = None
-                if tar:
-                    get = lambda f: tar.get(f, tar.get(str(f), float("nan")))  # noqa: E731
-                    lines.append("| %s | %.4f | %.4f |" % (name, get(1e-3), get(1e-4)))
-            ax.set_xscale("log")
-            ax.set_xlabel("false accept rate")
-            ax.set_ylabel("true accept rate")
-            ax.grid(alpha=0.3, which="both")
-            ax.legend(fontsize=8)
-            fig.tight_layout()
-            paths["roc"] = os.path.join(out_dir, "roc.png")
-            _save(out, fig, paths["roc"])
-            plt.close(fig)
-            lines.append("")
+def _kept_per_identity_plot(faces_per, kept_per, n_keep, n):
+    fig, ax = _plt().subplots(figsize=(6.5, 4))
+    top = max(1, int(faces_per.max()) if len(faces_per) else 1)
+    bins = np.unique(np.geomspace(1, top + 1, 40).astype(int)) if top > 40 else \
+        np.arange(0, top + 2) - 0.5
+    ax.hist(faces_per, bins=bins, alpha=0.5, label="faces per identity")
+    ax.hist(kept_per, bins=bins, alpha=0.7, label="kept per identity")
+    if top > 40:
+        ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("faces")
+    ax.set_ylabel("identities")
+    ax.legend()
+    ax.set_title("kept %d of %d faces (%.1f%%)" % (n_keep, n, 100 * n_keep / max(1, n)))
+    fig.tight_layout()
+    return fig
 
-        lines += ["## Plots", ""] + ["![%s](%s)" % (k, os.path.basename(v))
-                                      for k, v in paths.items()] + [""]
-        paths["report"] = os.path.join(out_dir, "report.md")
-        with out.open(paths["report"], "w") as f:
-            f.write("\n".join(lines))
-    return paths
+
+def _similarity_plot(s_all, s_kept, threshold):
+    """Within-identity similarities, all faces against kept faces."""
+    fig, ax = _plt().subplots(figsize=(6.5, 4))
+    hb = np.linspace(min(-0.2, float(s_all.min()) if len(s_all) else 0), 1.0, 80)
+    if len(s_all):
+        ax.hist(s_all, bins=hb, density=True, alpha=0.5, label="all faces (%d pairs)"
+                % len(s_all))
+    if len(s_kept):
+        ax.hist(s_kept, bins=hb, density=True, alpha=0.6, label="kept faces (%d pairs)"
+                % len(s_kept))
+    if threshold is not None:
+        ax.axvline(threshold, color="r", ls="--", label="threshold %.3f" % threshold)
+    ax.set_xlabel("cosine similarity within an identity")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    lines = ["## Within-identity similarity (sampled pairs)", "",
+             "| pairs | count | mean | 99th pct | above threshold |", "|---|---|---|---|---|"]
+    for name, s in (("all faces", s_all), ("kept faces", s_kept)):
+        if len(s):
+            above = "%.2f%%" % (100 * np.mean(s > threshold)) if threshold is not None else "-"
+            lines.append("| %s | %d | %.4f | %.4f | %s |" % (
+                name, len(s), s.mean(), np.percentile(s, 99), above))
+    return fig, lines + [""]
+
+
+def _curve_plot(features, labels, s_all, n_keep, threshold):
+    """Kept ratio against threshold, from one pass of facenms.curve."""
+    from ..core.select import curve
+    n = len(labels)
+    lo = min(0.0, float(np.percentile(s_all, 1))) if len(s_all) else 0.0
+    ts, ratios = curve(features, labels, thresholds=np.linspace(lo, 1.0, 64))
+    fig, ax = _plt().subplots(figsize=(6.5, 4))
+    ax.plot(ts, 100 * ratios, marker=".")
+    ax.axhline(100 * n_keep / n, color="g", ls=":", label="this selection %.1f%%"
+               % (100 * n_keep / n))
+    if threshold is not None:
+        ax.axvline(threshold, color="r", ls="--", label="threshold %.3f" % threshold)
+    ax.set_xlabel("threshold")
+    ax.set_ylabel("kept faces (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    lines = ["## Kept ratio against threshold (one pass, Face-NMS rule)", "",
+             "| threshold | kept % |", "|---|---|"]
+    lines += ["| %.3f | %.2f |" % (ts[j], 100 * ratios[j]) for j in range(0, len(ts), 8)]
+    return fig, lines + [""]
+
+
+def _roc_plot(eval_results):
+    fig, ax = _plt().subplots(figsize=(6.5, 4))
+    lines = ["## Verification", "", "| model | TAR@FAR=1e-3 | TAR@FAR=1e-4 |", "|---|---|---|"]
+    for name, r in eval_results.items():
+        fpr, tpr = np.asarray(_field(r, "fpr")), np.asarray(_field(r, "tpr"))
+        ok = fpr > 0
+        ax.plot(fpr[ok], tpr[ok], label=name)
+        try:
+            tar = _field(r, "tar")
+        except (KeyError, AttributeError):
+            tar = None
+        if tar:
+            get = lambda f: tar.get(f, tar.get(str(f), float("nan")))  # noqa: E731
+            lines.append("| %s | %.4f | %.4f |" % (name, get(1e-3), get(1e-4)))
+    ax.set_xscale("log")
+    ax.set_xlabel("false accept rate")
+    ax.set_ylabel("true accept rate")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig, lines + [""]
