@@ -25,6 +25,11 @@ constexpr int kTile = 64;
 // Their walk runs in one warp up to this size, in a 256-thread block above.
 constexpr int kWalkWideMin = 256;
 
+// An identity whose unit rows sum to less than n * kNoCentre has no centre
+// direction (it is rounding noise): every face scores 1 and ranks by index.
+// facenms.reference applies the same rule.
+constexpr double kNoCentre = 0x1p-32;
+
 // Bits 0..p-1 set.
 FACENMS_HD uint64_t prefix_mask(int p) {
   return p >= 64 ? ~uint64_t(0) : ((uint64_t(1) << p) - 1);

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "cpu_common.h"
+#include "nms_common.h"
 
 namespace facenms {
 namespace {
@@ -49,7 +50,7 @@ namespace {
                                     double* scores) {                                          \
     const double cn = std::sqrt(dot_f64(centre, centre, d));                                   \
     for (int64_t i = 0; i < n; ++i) {                                                          \
-      if (!(cn > 0)) { scores[i] = 1.0; continue; } /* no centre: all faces tie */             \
+      if (!(cn > n * kNoCentre)) { scores[i] = 1.0; continue; } /* no centre: all tie */      \
       const double dot = dot_f64(base + rows[i] * ld, centre, d);                              \
       const double s = 1.0 - dot / (norms[i] * cn);                                            \
       scores[i] = std::nearbyint(s * 1048576.0) / 1048576.0;                                   \

@@ -27,6 +27,34 @@
 namespace facenms {
 namespace {
 
+// A row whose float32 sum of squares would overflow or underflow (|x| around
+// 1e19 or 1e-19 and beyond) is first scaled by the power of two that brings
+// its largest element into [0.5, 1): exact, so the unit row is the one its
+// direction gives, and bit-identical to the direct path wherever both work.
+// A zero or non-finite row becomes zeros (the float64 norms report it).
+template <typename T>
+void unit_row_scaled(const T* src, int64_t d, float* dst) {
+  double m = 0.0;
+  for (int64_t k = 0; k < d; ++k) {
+    const double a = std::fabs(to_double(src[k]));
+    m = a > m || a != a ? a : m;  // NaN propagates
+  }
+  if (!(m > 0.0) || !std::isfinite(m)) {
+    for (int64_t k = 0; k < d; ++k) dst[k] = 0.f;
+    return;
+  }
+  int e;
+  std::frexp(m, &e);
+  const double scale = std::ldexp(1.0, -e);
+  float ss = 0.f;
+  for (int64_t k = 0; k < d; ++k) {
+    dst[k] = static_cast<float>(to_double(src[k]) * scale);
+    ss += dst[k] * dst[k];
+  }
+  const float inv = 1.f / std::sqrt(ss);
+  for (int64_t k = 0; k < d; ++k) dst[k] *= inv;
+}
+
 // Rows are converted to float32 and, with `unit`, scaled to unit norm (the
 // conversion alone is exact). One cloned function per element type, written
 // out by a macro: GCC 12 does not clone templates.
@@ -39,7 +67,11 @@ namespace {
       float inv = 1.f;                                                                           \
       if (unit) {                                                                                \
         const float ss = sumsq_f32(src, d);                                                      \
-        inv = ss > 0.f ? 1.f / std::sqrt(ss) : 0.f;                                              \
+        if (!(ss >= 0x1p-100f && ss <= 0x1p100f)) { /* squares near under/overflow */            \
+          unit_row_scaled(src, d, dst);                                                          \
+          continue;                                                                              \
+        }                                                                                        \
+        inv = 1.f / std::sqrt(ss);                                                               \
       }                                                                                          \
       int64_t k = 0;                                                                             \
       for (; k < d16; k += 16) {                                                                 \

@@ -7,6 +7,8 @@ against the rule without recomputing it.
 """
 import numpy as np
 
+NO_CENTRE = 2.0 ** -32  # unit rows summing to less than n * NO_CENTRE have no centre
+
 def unit_rows(features):
     """float64 L2-normalised rows; a non-finite or zero row is an error."""
     x = np.asarray(features, dtype=np.float64)
@@ -34,7 +36,7 @@ def sparsity_scores(y):
     """s_i = 1 - cos(y_i, centre), rounded to a multiple of 2**-20."""
     centre = y.sum(axis=0)
     norm = np.sqrt(centre @ centre)
-    if norm == 0:
+    if not norm > len(y) * NO_CENTRE:  # no centre direction, only rounding noise: all tie
         return np.ones(len(y))
     s = 1.0 - (y @ centre) / norm
     return np.round(s * 2.0 ** 20) / 2.0 ** 20
@@ -63,7 +65,7 @@ def greedy(y, t):
     """Keep mask of unit rows y (rank order): kept unless cos > t with a kept face."""
     kept = np.zeros(len(y), dtype=bool)
     for i in range(len(y)):
-        kept[i] = not any(y[i] @ y[k] > t for k in np.flatnonzero(kept))
+        kept[i] = not any(similarity(y[i], y[k]) > t for k in np.flatnonzero(kept))
     return kept
 
 
@@ -84,9 +86,15 @@ def identity_keep(y, t, m):
     return fill_to(kept, need) if kept.sum() < need else kept
 
 
+def similarity(a, b):
+    """The cosine similarity of two unit rows, as every function here computes it."""
+    return a @ b
+
+
 def _candidates(y):
-    """Thresholds at which an identity's selection can change: its pair similarities."""
-    sims = (y @ y.T)[np.triu_indices(len(y), 1)]
+    """Thresholds at which an identity's selection can change: its pair similarities,
+    computed exactly as greedy() computes them (so that no count is missed)."""
+    sims = [similarity(y[i], y[k]) for i in range(len(y)) for k in range(i + 1, len(y))]
     return np.unique(np.concatenate([sims, [-1.0, 1.0]]))
 
 
@@ -154,7 +162,7 @@ def check_valid(features, labels, keep, threshold, *, scores=None, rank=None,
     for rows in rank_order(features, labels, rank, scores, seed):
         greedy_kept, fill, suppressed = [], [], []
         for i in rows:
-            sims = [y[i] @ y[k] for k in greedy_kept]
+            sims = [similarity(y[i], y[k]) for k in greedy_kept]
             if kept[i]:
                 (greedy_kept if all(s <= threshold + eps for s in sims) else fill).append(i)
             else:

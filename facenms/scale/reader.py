@@ -2,6 +2,7 @@
 numpy gathers otherwise."""
 import mmap
 import os
+import weakref
 
 import numpy as np
 import torch
@@ -50,8 +51,13 @@ class Reader:
     read-ahead). Pages are never mapped into this process: the page cache may
     hold a file in large folios, and touching one row through the mapping can
     map megabytes of its neighbours. Other arrays are gathered with
-    numpy (a memory map without a file we can open is then released with
-    madvise(MADV_DONTNEED)).
+    numpy (a shared memory map is then released with madvise(MADV_DONTNEED)).
+
+    pread reads what the array holds only when the mapping is shared (a
+    copy-on-write map may hold edits the file does not) and the file under
+    the array's name is still the mapped one (re-extraction replaces it with
+    os.replace): both are checked here, once, and the file is kept open, so a
+    later replacement cannot change what is read.
     """
 
     def __init__(self, arr):
@@ -61,14 +67,20 @@ class Reader:
             mm = mm.base
         self.mm = mm._mmap if isinstance(mm, np.memmap) else (
             mm if isinstance(mm, mmap.mmap) else None)
-        self.file = None  # (path, file position of row 0, bytes between rows)
-        if isinstance(arr, np.memmap) and arr.ndim == 2 and self.mm is not None and \
+        self.shared = self.mm is not None and _mapping(arr)[1] == "shared"
+        self.file = None  # (fd, file position of row 0, bytes between rows)
+        if isinstance(arr, np.memmap) and arr.ndim == 2 and self.shared and arr.size and \
                 arr.strides[1] == arr.itemsize and arr.strides[0] >= 0 and \
                 isinstance(arr.filename, str) and os.path.isfile(arr.filename):
-            # the mapping starts at the granularity boundary below arr.offset
-            start = arr.offset - arr.offset % mmap.ALLOCATIONGRANULARITY
-            base = np.frombuffer(self.mm, dtype=np.uint8, count=1).ctypes.data
-            self.file = (arr.filename, start + arr.ctypes.data - base, arr.strides[0])
+            fd = os.open(arr.filename, os.O_RDONLY)
+            if os.fstat(fd).st_ino == _mapping(arr)[0]:
+                # the mapping starts at the granularity boundary below arr.offset
+                start = arr.offset - arr.offset % mmap.ALLOCATIONGRANULARITY
+                base = np.frombuffer(self.mm, dtype=np.uint8, count=1).ctypes.data
+                self.file = (fd, start + arr.ctypes.data - base, arr.strides[0])
+                weakref.finalize(self, os.close, fd)
+            else:  # replaced since it was mapped: read through the mapping
+                os.close(fd)
 
     def read(self, rows):
         """arr[rows] for ascending int64 rows, as a C-contiguous array."""
@@ -87,21 +99,16 @@ class Reader:
                 out[s:e] = self.arr[rows[s]:rows[s] + (e - s)]
             self.release()
             return out
-        path, pos0, stride = self.file
+        fd, pos0, stride = self.file
         row_bytes = out.shape[1] * out.itemsize
         view = memoryview(out.reshape(len(rows), -1).view(np.uint8)).cast("B")
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            for s, e in zip(starts, ends):
-                if stride != row_bytes:  # padded rows: one read per row
-                    for i in range(s, e):
-                        pread_all(fd, view[i * row_bytes:(i + 1) * row_bytes],
-                                   pos0 + int(rows[i]) * stride)
-                else:
-                    pread_all(fd, view[s * row_bytes:e * row_bytes],
-                               pos0 + int(rows[s]) * stride)
-        finally:
-            os.close(fd)
+        for s, e in zip(starts, ends):
+            if stride != row_bytes:  # padded rows: one read per row
+                for i in range(s, e):
+                    pread_all(fd, view[i * row_bytes:(i + 1) * row_bytes],
+                              pos0 + int(rows[i]) * stride)
+            else:
+                pread_all(fd, view[s * row_bytes:e * row_bytes], pos0 + int(rows[s]) * stride)
         return out
 
     def load(self, pos):
@@ -111,11 +118,28 @@ class Reader:
         return torch.from_numpy(data), torch.from_numpy(np.searchsorted(rows, pos)), rows
 
     def release(self):
-        if self.mm is not None and hasattr(self.mm, "madvise"):
+        """Unmap the pages read so far; never on a private map (that would drop its edits)."""
+        if self.shared and hasattr(self.mm, "madvise"):
             try:
                 self.mm.madvise(mmap.MADV_DONTNEED)
             except (OSError, ValueError):  # pragma: no cover - not every platform
                 pass
+
+
+def _mapping(arr):
+    """(inode, "shared" | "private") of the file mapping that holds arr's data, from
+    /proc/self/maps; (None, None) when it cannot be told (then nothing is assumed)."""
+    addr = arr.__array_interface__["data"][0]
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                fields = line.split()
+                lo, hi = (int(v, 16) for v in fields[0].split("-"))
+                if lo <= addr < hi:
+                    return int(fields[4]), "shared" if fields[1][3] == "s" else "private"
+    except (OSError, ValueError, IndexError):
+        pass
+    return None, None
 
 
 def pread_all(fd, buf, pos):
