@@ -1,4 +1,6 @@
 """End to end: RecordIO in, proxy, features, selection, RecordIO subset out."""
+import os
+
 import numpy as np
 import pytest
 
@@ -59,3 +61,35 @@ def test_config_errors_name_the_problem(tmp_path):
         load_config(str(p))
     with pytest.raises(FileNotFoundError):
         load_config(str(tmp_path / "missing.toml"))
+
+
+def test_a_changed_setting_or_input_redoes_the_stages_after_it(done, capsys):
+    root, cfg, paths = done
+    keep_before = np.load(paths["keep"])
+    cfg2 = dict(cfg, select={"ratio": 0.4})
+    run(cfg2, stages=("select", "export"), progress=False)
+    out = capsys.readouterr().out
+    assert "already done" not in out
+    keep = np.load(paths["keep"])
+    assert len(keep) < len(keep_before)
+    assert len(open_dataset(paths["export"])) == len(keep)  # the export followed
+    # a replaced features file (what re-extraction does) is selected again
+    feats = np.load(paths["features"])
+    tmp = paths["features"] + ".new.npy"
+    np.save(tmp, feats[:, ::-1].copy())
+    os.replace(tmp, paths["features"])
+    run(cfg2, stages=("select",), progress=False)
+    assert "already done" not in capsys.readouterr().out
+    np.testing.assert_array_equal(np.load(paths["keep"]),
+                                  facenms.select(feats[:, ::-1].copy(), np.load(paths["labels"]),
+                                                 ratio=0.4))
+    run(cfg2, stages=("select", "export"), progress=False)
+    out = capsys.readouterr().out  # the export had not seen the new keep.npy yet
+    assert "[select] already done" in out and "[export] already done" not in out
+    run(cfg2, stages=("select", "export"), progress=False)
+    assert capsys.readouterr().out.count("already done") == 2
+    # put the module's state back for the other tests
+    os.replace(paths["features"], tmp)
+    np.save(paths["features"], feats)
+    os.remove(tmp)
+    run(cfg, stages=("select", "export"), progress=False)

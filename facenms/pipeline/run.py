@@ -21,11 +21,15 @@ A TOML (or YAML, with pyyaml) file in insightface's spirit:
     [export]
     format = "recordio"                  # recordio | lst | folder | npy
 
-Every stage skips work that is already complete (a finished checkpoint, a
-finished feature file, a selection made with the same settings, an export
-that exists) and every file is written atomically, so a run can be killed and
-started again.
+Every stage skips work that is already complete, and only then: a stage's
+stamp (in work_dir, written after its outputs) records its settings and the
+identity of its input files (device, inode, size, modification time), so a
+changed setting or a replaced input redoes the stage and everything after it.
+Proxy training and extraction keep their own fingerprints (the checkpoint's
+config, the features' settings and model hash). Every file is written
+atomically, so a run can be killed and started again.
 """
+import json
 import os
 import time
 
@@ -71,13 +75,33 @@ def _log(stage, msg):
     print("facenms run [%s] %s" % (stage, msg), flush=True)
 
 
+def file_identity(path):
+    """What changes when a file is rewritten or replaced: [device, inode, size, mtime_ns]."""
+    st = os.stat(path)
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def _stamp(settings, inputs, outputs=()):
+    """What a stage was made from (settings, input files) and what it made."""
+    return json.loads(json.dumps({
+        "settings": settings, "inputs": {k: file_identity(v) for k, v in inputs.items()},
+        "outputs": {p: file_identity(p) for p in outputs}}))
+
+
+def _up_to_date(stamp_path, stamp, outputs):
+    """The stage ran with these settings on these inputs, and its outputs are untouched."""
+    done = read_json(stamp_path, {})
+    if done.get("settings") != stamp["settings"] or done.get("inputs") != stamp["inputs"]:
+        return False
+    try:
+        return done.get("outputs") == {p: file_identity(p) for p in outputs}
+    except OSError:  # an output is gone
+        return False
+
+
 def run(config, stages=STAGES, progress=True):
     """Run the stages of a config (a dict or a path); returns the paths written."""
-    import facenms
     from ..data import open_dataset
-    from . import export as ex
-    from .extract import extract
-    from .proxy import train_proxy
 
     cfg = load_config(os.fspath(config)) if not isinstance(config, dict) else config
     data = cfg["data"]
@@ -88,60 +112,89 @@ def run(config, stages=STAGES, progress=True):
                  labels=os.path.join(work, "labels.npy"),
                  keep=os.path.join(work, "keep.npy"),
                  select_info=os.path.join(work, "select.json"),
+                 export_info=os.path.join(work, "export.json"),
                  report=os.path.join(work, "report"))
     ds = open_dataset(data["dataset"])
     _log("data", "%s: %d faces, %d identities" % (data["dataset"], len(ds), ds.num_classes))
-
     if "proxy" in stages:
-        t = time.perf_counter()
-        paths["proxy"] = train_proxy(ds, os.path.join(work, "proxy"), progress=progress,
-                                     **cfg.get("proxy", {}))
-        _log("proxy", "%s (%.1f s)" % (paths["proxy"], time.perf_counter() - t))
-
+        _proxy(cfg, ds, work, paths, progress)
     if "extract" in stages:
-        t = time.perf_counter()
-        extract(ds, paths["proxy"], paths["features"], labels_path=paths["labels"],
-                progress=progress, **cfg.get("extract", {}))
-        _log("extract", "%s (%.1f s)" % (paths["features"], time.perf_counter() - t))
-
+        _extract(cfg, ds, paths, progress)
     if not is_main():
         return paths  # under torchrun, rank 0 alone selects, exports and reports
-
     if "select" in stages:
-        sel = dict(cfg.get("select", {"ratio": 0.6}))
-        done = read_json(paths["select_info"], {})
-        if done.get("settings") == sel and os.path.exists(paths["keep"]):
-            _log("select", "already done: %s" % paths["keep"])
-        else:
-            feats = np.load(paths["features"], mmap_mode="r")
-            labels = np.load(paths["labels"])
-            keep, info = facenms.select(feats, labels, return_info=True, progress=progress,
-                                        **sel)
-            ex.save_indices(paths["keep"], keep)
-            write_json(paths["select_info"], dict(settings=sel, threshold=info.threshold,
-                                                   ratio=info.ratio, kept=info.kept))
-            _log("select", info.summary())
-
+        _select(cfg, paths, progress)
     if "export" in stages and cfg.get("export") is not None:
-        exp = dict(cfg["export"])
-        fmt = exp.pop("format", "recordio")
-        out = exp.pop("out", os.path.join(work, "core" if fmt in ("recordio", "folder")
-                                          else "core." + fmt))
-        keep = np.load(paths["keep"])
-        if os.path.exists(out):
-            _log("export", "already done: %s" % out)
-        else:
-            writer = dict(recordio=ex.write_recordio, lst=ex.write_lst,
-                          folder=ex.write_imagefolder, npy=None)[fmt]
-            (writer(out, ds, keep, **exp) if writer else ex.save_indices(out, keep))
-            _log("export", "%d of %d faces -> %s" % (len(keep), len(ds), out))
-        paths["export"] = out
-
+        _export(cfg, ds, work, paths)
     if "report" in stages and cfg.get("report") is not None:
-        from .report import write_report
-        info = read_json(paths["select_info"], {})
-        write_report(paths["report"], np.load(paths["features"], mmap_mode="r"),
-                     np.load(paths["labels"]), np.load(paths["keep"]),
-                     threshold=info.get("threshold"), **cfg["report"])
-        _log("report", paths["report"])
+        _report(cfg, paths)
     return paths
+
+
+def _proxy(cfg, ds, work, paths, progress):
+    from .proxy import train_proxy
+    t = time.perf_counter()
+    paths["proxy"] = train_proxy(ds, os.path.join(work, "proxy"), progress=progress,
+                                 **cfg.get("proxy", {}))
+    _log("proxy", "%s (%.1f s)" % (paths["proxy"], time.perf_counter() - t))
+
+
+def _extract(cfg, ds, paths, progress):
+    from .extract import extract
+    t = time.perf_counter()
+    extract(ds, paths["proxy"], paths["features"], labels_path=paths["labels"],
+            progress=progress, **cfg.get("extract", {}))
+    _log("extract", "%s (%.1f s)" % (paths["features"], time.perf_counter() - t))
+
+
+def _select(cfg, paths, progress):
+    import facenms
+    from .export import save_indices
+    sel = dict(cfg.get("select", {"ratio": 0.6}))
+    stamp = _stamp(sel, {"features": paths["features"], "labels": paths["labels"]})
+    if _up_to_date(paths["select_info"], stamp, [paths["keep"]]):
+        _log("select", "already done: %s" % paths["keep"])
+        return
+    feats = np.load(paths["features"], mmap_mode="r")
+    labels = np.load(paths["labels"])
+    keep, info = facenms.select(feats, labels, return_info=True, progress=progress, **sel)
+    save_indices(paths["keep"], keep)
+    stamp = _stamp(sel, {"features": paths["features"], "labels": paths["labels"]},
+                   [paths["keep"]])
+    write_json(paths["select_info"], dict(stamp, threshold=info.threshold, ratio=info.ratio,
+                                          kept=info.kept))
+    _log("select", info.summary())
+
+
+def _export(cfg, ds, work, paths):
+    from . import export as ex
+    exp = dict(cfg["export"])
+    fmt = exp.pop("format", "recordio")
+    out = exp.pop("out", os.path.join(work, "core" if fmt in ("recordio", "folder")
+                                      else "core." + fmt))
+    paths["export"] = out
+    source = getattr(ds, "rec_path", None) or cfg["data"]["dataset"]
+    stamp = _stamp(dict(exp, format=fmt, out=os.path.abspath(out)),
+                   {"keep": paths["keep"], "dataset": source})
+    if _up_to_date(paths["export_info"], stamp, [out]):
+        _log("export", "already done: %s" % out)
+        return
+    keep = np.load(paths["keep"])
+    if fmt == "npy":
+        ex.save_indices(out, keep)
+    elif fmt == "folder":
+        ex.write_imagefolder(out, ds, keep, overwrite=True, **exp)
+    else:
+        dict(recordio=ex.write_recordio, lst=ex.write_lst)[fmt](out, ds, keep, **exp)
+    write_json(paths["export_info"], _stamp(stamp["settings"], {
+        "keep": paths["keep"], "dataset": source}, [out]))
+    _log("export", "%d of %d faces -> %s" % (len(keep), len(ds), out))
+
+
+def _report(cfg, paths):
+    from .report import write_report
+    info = read_json(paths["select_info"], {})
+    write_report(paths["report"], np.load(paths["features"], mmap_mode="r"),
+                 np.load(paths["labels"]), np.load(paths["keep"]),
+                 threshold=info.get("threshold"), **cfg["report"])
+    _log("report", paths["report"])
