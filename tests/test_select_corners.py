@@ -131,3 +131,64 @@ def test_shared_writable_map_reads_its_edits(mapped):
     arr.flush()
     want = facenms.select(np.array(arr), labels, threshold=0.6)
     np.testing.assert_array_equal(facenms.select(arr, labels, threshold=0.6), want)
+
+
+# ------------------------------------------------------------------ API errors ----
+
+def test_numpy_scalars_and_0d_arrays_are_numbers(faces):
+    x, labels = faces
+    want = facenms.select(x, labels, ratio=0.5)
+    for r in (np.float32(0.5), np.array(0.5), torch.tensor(0.5)):
+        np.testing.assert_array_equal(facenms.select(x, labels, ratio=r), want)
+    np.testing.assert_array_equal(facenms.select(x, labels, ratio=np.int64(1)), np.arange(len(x)))
+    np.testing.assert_array_equal(facenms.select(x, labels, threshold=np.int64(0)),
+                                  facenms.select(x, labels, threshold=0.0))
+    np.testing.assert_array_equal(
+        facenms.select(x, labels, threshold=0.6, min_per_identity=np.int64(2)),
+        facenms.select(x, labels, threshold=0.6, min_per_identity=2))
+
+
+def test_min_per_identity_beyond_int64_means_all(faces):
+    x, labels = faces
+    np.testing.assert_array_equal(
+        facenms.select(x, labels, threshold=0.0, min_per_identity=2 ** 63), np.arange(len(x)))
+
+
+@pytest.mark.parametrize("kw, err, match", [
+    (dict(features=torch.ones(4, 3, device="meta")), ValueError, "meta device"),
+    (dict(features=torch.eye(4).to_sparse()), TypeError, "dense"),
+    (dict(labels=torch.zeros(4, dtype=torch.int64).to_sparse()), TypeError, "dense"),
+    (dict(device="bogus"), ValueError, "unknown device"),
+    (dict(ratio=True), ValueError, "ratio must be a number"),
+    (dict(ratio=np.array([0.5])), ValueError, "ratio must be a number"),
+    (dict(ratio=float("nan")), ValueError, "ratio must be a number"),
+    (dict(min_per_identity=-1), ValueError, "min_per_identity"),
+    (dict(min_per_identity=1.5), ValueError, "min_per_identity"),
+    (dict(seed=-3, rank="random"), ValueError, "seed"),
+])
+def test_bad_api_input_is_a_value_or_type_error(kw, err, match):
+    args = dict(features=torch.rand(4, 3), labels=np.zeros(4, np.int64), ratio=0.5)
+    args.update(kw)
+    with pytest.raises(err, match=match):
+        facenms.select(args.pop("features"), args.pop("labels"), **args)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without a GPU")
+def test_cuda_without_a_gpu_says_so():
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        facenms.select(np.ones((2, 3), np.float32), np.zeros(2, np.int64), ratio=0.5,
+                       device="cuda")
+
+
+def test_scores_that_require_grad_are_used_as_values(faces):
+    x, labels = faces
+    s = torch.rand(len(x), requires_grad=True)
+    np.testing.assert_array_equal(facenms.select(x, labels, ratio=0.5, scores=s),
+                                  facenms.select(x, labels, ratio=0.5, scores=s.detach()))
+
+
+def test_check_valid_takes_bf16(faces):
+    x, labels = faces
+    xb = torch.from_numpy(x[:500]).bfloat16()
+    keep = facenms.select(xb, labels[:500], threshold=0.6)
+    reference.check_valid(xb, labels[:500], keep, 0.6)

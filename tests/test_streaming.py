@@ -117,14 +117,48 @@ def test_sort_features_and_select_on_the_sorted_file(small, tmp_path):
     np.testing.assert_array_equal(xs, x[perm])
     np.testing.assert_array_equal(ls, labels[perm])
     assert np.all(np.diff(ls) >= 0)
-    assert sorted(os.listdir(tmp_path)) == ["sorted.labels.npy", "sorted.npy", "sorted.perm.npy"]
+    assert sorted(os.listdir(tmp_path)) == ["sorted.labels.npy", "sorted.npy", "sorted.perm.npy",
+                                            "sorted.sorted.json"]
     keep = facenms.select(xs, ls, ratio=0.6)
     np.testing.assert_array_equal(np.sort(perm[keep]), facenms.select(x, labels, ratio=0.6))
     with pytest.raises(ValueError, match="one label per face"):
         sort_features(path, labels[:-1], str(tmp_path / "bad.npy"))
-    with pytest.raises(ValueError, match="over its input"):
+    with pytest.raises(ValueError, match="it is its input"):
         sort_features(out, ls, out)
+    with pytest.raises(ValueError, match="it is its input"):
+        sort_features(path, lpath, str(tmp_path / "other.npy"), perm_out=path)
     assert not os.path.exists(tmp_path / "bad.npy")
+
+
+def test_select_on_a_sorted_file_writes_dataset_positions(small, tmp_path):
+    x, labels, path, lpath = small
+    out = str(tmp_path / "sorted.npy")
+    cli.main(["sort-features", path, out, "--labels", lpath])
+    want = facenms.select(x, labels, ratio=0.6)
+    for given in (lpath, str(tmp_path / "sorted.labels.npy")):  # either order of labels
+        cli.main(["select", "--features", out, "--labels", given, "--ratio", "0.6",
+                  "--out", str(tmp_path / "keep.npy")])
+        np.testing.assert_array_equal(np.load(tmp_path / "keep.npy"), want)
+    # the permutation replaced by another run's: refused, not silently wrong
+    np.save(tmp_path / "sorted.perm.npy", np.arange(len(x)))
+    with pytest.raises(SystemExit, match="does not match"):
+        cli.main(["select", "--features", out, "--labels", lpath, "--ratio", "0.6",
+                  "--out", str(tmp_path / "keep.npy")])
+    os.remove(tmp_path / "sorted.sorted.json")  # a sort killed before its manifest
+    with pytest.raises(SystemExit, match="interrupted"):
+        cli.main(["select", "--features", out, "--labels", lpath, "--ratio", "0.6",
+                  "--out", str(tmp_path / "keep.npy")])
+
+
+def test_select_refuses_to_write_over_its_inputs(small, tmp_path):
+    x, labels, path, lpath = small
+    link = str(tmp_path / "link.npy")
+    os.link(lpath, link)
+    for out in (path, lpath, link):
+        with pytest.raises(SystemExit, match="would overwrite the input"):
+            cli.main(["select", "--features", path, "--labels", lpath, "--ratio", "0.6",
+                      "--out", out])
+    np.testing.assert_array_equal(np.load(lpath), labels)
 
 
 def test_cli_select_streams(small, tmp_path, capsys):

@@ -17,8 +17,15 @@ USER_ERRORS = (CommandError, ValueError, TypeError, OSError, ImportError, EOFErr
                OverflowError, RuntimeError)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line too (`facenms select: error: ...`)."""
+
+    def error(self, message):
+        self.exit(2, "%s: error: %s (see %s --help)\n" % (self.prog, message, self.prog))
+
+
 def build_parser():
-    p = argparse.ArgumentParser(prog="facenms", description=(
+    p = Parser(prog="facenms", description=(
         "Face-NMS core-set selection for face-recognition training sets."))
     sub = p.add_subparsers(dest="cmd", required=True)
     for command in COMMANDS:

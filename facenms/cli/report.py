@@ -1,7 +1,9 @@
 """`facenms report`: plots and a summary of a selection."""
 import os
 
-from .common import load_array
+import numpy as np
+
+from .common import in_dataset_order, load_array
 
 
 def run(args):
@@ -9,6 +11,11 @@ def run(args):
     feats = load_array(args.features, "features")
     labels = load_array(args.labels, "labels", mmap=False)
     keep = load_array(args.keep, "keep", mmap=False)
+    perm, labels, _ = in_dataset_order(args.features, labels)
+    if perm is not None:  # keep holds dataset positions; the rows are in the sorted order
+        where = np.empty_like(perm)
+        where[perm] = np.arange(len(perm))
+        keep = np.sort(where[np.asarray(keep)])
     paths = write_report(args.out, feats, labels, keep, threshold=args.threshold,
                          sample_pairs=args.sample_pairs)
     print("facenms report: wrote %s" % ", ".join(sorted(os.path.basename(p)

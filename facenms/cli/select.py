@@ -1,7 +1,14 @@
-"""`facenms select`: the core set of a feature file, in memory, streamed or under torchrun."""
+"""`facenms select`: the core set of a feature file, in memory, streamed or under torchrun.
+
+On a file written by sort-features the indices are mapped back through its
+permutation: `select` always writes positions in the dataset.
+"""
 import os
 
-from .common import add_memory_args, add_selection_args, load_array, parse_bytes, progress
+import numpy as np
+
+from .common import (add_memory_args, add_selection_args, in_dataset_order, load_array,
+                     parse_bytes, progress, refuse_overwrite)
 
 
 def add(sub):
@@ -33,15 +40,20 @@ def run(args):
     from ..pipeline.export import save_indices
     from ..pipeline.runtime import write_json
     from ..scale.dist import is_main
+    refuse_overwrite([args.out, args.info], [args.features, args.labels, args.scores])
     feats = load_array(args.features, "features")
     labels = load_array(args.labels, "labels", mmap=False)
     scores = load_array(args.scores, "scores", mmap=False) if args.scores else None
+    perm, labels, scores = in_dataset_order(args.features, labels, scores)
     keep, info = select(feats, labels, args, scores)
+    if perm is not None:  # a sorted file: positions in the dataset, as export expects
+        keep = np.sort(perm[np.asarray(keep)])
     if not is_main():  # every rank has the result; rank 0 writes it
         return
     save_indices(args.out, keep)  # numpy or torch
     print("facenms select: " + info.summary())
-    print("wrote %d indices to %s" % (len(keep), args.out))
+    print("wrote %d indices to %s%s" % (len(keep), args.out, "" if perm is None else
+                                        " (dataset order: mapped through the sort's perm)"))
     if args.info:
         doc = {k: getattr(info, k) for k in ("threshold", "ratio", "target_ratio", "kept",
                                               "n_faces", "passes", "timings")}

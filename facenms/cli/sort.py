@@ -34,3 +34,5 @@ def run(args):
     print("facenms sort-features: %d faces (%d moved) in %.1f s, %.0f MB/s; wrote %s, %s, %s" % (
         len(perm), moved, dt, x.nbytes / 1e6 / max(dt, 1e-9), args.output,
         *(p or q for p, q in zip((args.perm_out, args.labels_out), side_paths(args.output)))))
+    print("  select on %s writes dataset positions (mapped through the permutation)"
+          % args.output)

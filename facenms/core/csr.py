@@ -7,7 +7,7 @@ kernel pass sees the same layout.
 import numpy as np
 import torch
 
-from .inputs import as_tensor
+from .inputs import as_tensor, check_tensor
 
 
 def stable_argsort(t):
@@ -45,7 +45,7 @@ def group(labels, n, device):
     """Group by label: (unique labels as numpy, order, offsets, sizes) on `device`."""
     if isinstance(labels, torch.Tensor) or (
             hasattr(labels, "__dlpack__") and not isinstance(labels, np.ndarray)):
-        lab = as_tensor(labels, "labels")
+        lab = check_tensor(as_tensor(labels, "labels"), "labels")
         if lab.dtype.is_floating_point or lab.dtype.is_complex or lab.dtype == torch.bool:
             raise TypeError("labels must be integers, got %s" % lab.dtype)
         shape = tuple(lab.shape)

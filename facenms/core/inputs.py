@@ -34,8 +34,18 @@ def as_tensor(a, name):
                     % (name, type(a).__name__))
 
 
+def check_tensor(x, name):
+    """A dense tensor with data (not meta, not sparse), detached from autograd."""
+    if x.layout != torch.strided:
+        raise TypeError("%s must be a dense tensor, got layout %s" % (name, x.layout))
+    if x.device.type == "meta":
+        raise ValueError("%s are on the meta device and hold no data" % name)
+    return x.detach()
+
+
 def check_features(x):
     """A 2-D float tensor whose rows the kernels can read (strided rows are copied)."""
+    x = check_tensor(x, "features")
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError("features must be float32, float16 or bfloat16 (float64 is accepted "
                         "and computed in float32), got %s" % x.dtype)
@@ -48,7 +58,7 @@ def check_features(x):
 
 def check_scores(scores, n, device):
     """User ranking scores as float64 on `device`: one finite number per face."""
-    scores = as_tensor(scores, "scores")
+    scores = check_tensor(as_tensor(scores, "scores"), "scores")
     if scores.dim() != 1 or scores.shape[0] != n:
         raise ValueError("scores must be 1-D with one score per face (%d), got shape %s"
                          % (n, tuple(scores.shape)))
@@ -79,6 +89,31 @@ class Settings:
         return "per_identity" if self.per_identity else "ratio"
 
 
+def number(v, name, lo, hi, lo_open=False):
+    """A real number in [lo, hi] ((lo, hi] with lo_open) as a float: Python and numpy
+    scalars, 0-d arrays and 0-d tensors are numbers; bools are not."""
+    if isinstance(v, (np.ndarray, torch.Tensor)) and v.ndim == 0:
+        v = v.item()
+    elif isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (
+            (lo < v if lo_open else lo <= v) and v <= hi):
+        raise ValueError("%s must be a number in %s%g, %g], got %r"
+                         % (name, "(" if lo_open else "[", lo, hi, v))
+    return float(v)
+
+
+def count(v, name):
+    """A non-negative integer (Python, numpy or 0-d), as a Python int."""
+    if isinstance(v, (np.ndarray, torch.Tensor)) and v.ndim == 0:
+        v = v.item()
+    elif isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValueError("%s must be an integer >= 0, got %r" % (name, v))
+    return v
+
+
 def settings(ratio=None, threshold=None, rank=None, scores=None, min_per_identity=1,
              per_identity=False, seed=0):
     """Validated Settings from select()'s keyword arguments."""
@@ -86,17 +121,11 @@ def settings(ratio=None, threshold=None, rank=None, scores=None, min_per_identit
         raise ValueError("give exactly one of ratio= and threshold=, got %s" % (
             "both" if ratio is not None else "neither"))
     if ratio is not None:
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float, np.floating)) \
-                or not 0 < float(ratio) <= 1:
-            raise ValueError("ratio must be a number in (0, 1], got %r" % (ratio,))
-        ratio = float(ratio)
+        ratio = number(ratio, "ratio", 0, 1, lo_open=True)
     if threshold is not None:
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)) \
-                or not -1 <= float(threshold) <= 1:
-            raise ValueError("threshold must be a number in [-1, 1], got %r" % (threshold,))
+        threshold = number(threshold, "threshold", -1, 1)
         if per_identity:
             raise ValueError("per_identity=True needs ratio=, not threshold=")
-        threshold = float(threshold)
     if rank is None:
         rank = "scores" if scores is not None else "sparsity"
     if rank not in RANKS:
@@ -104,10 +133,30 @@ def settings(ratio=None, threshold=None, rank=None, scores=None, min_per_identit
     if (rank == "scores") != (scores is not None):
         raise ValueError("rank='scores' and scores= go together" if scores is None else
                          "scores= were given with rank=%r; leave rank unset" % rank)
-    if isinstance(min_per_identity, bool) or not isinstance(min_per_identity, (int, np.integer)) \
-            or min_per_identity < 0:
-        raise ValueError("min_per_identity must be an integer >= 0, got %r" % (min_per_identity,))
-    return Settings(ratio, threshold, rank, int(min_per_identity), bool(per_identity), seed)
+    # an identity never keeps more than all its faces: larger values mean "all"
+    min_keep = min(count(min_per_identity, "min_per_identity"), 2 ** 62)
+    return Settings(ratio, threshold, rank, min_keep, bool(per_identity),
+                    count(seed, "seed"))
+
+
+def check_device(device):
+    """A torch.device to run on, or None; ValueError for an unknown or absent device."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError("unknown device %r (e.g. 'cpu', 'cuda', 'cuda:1')" % (device,)) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device %r: CUDA is not available here (torch %s%s)" % (
+                device, torch.__version__, "" if torch.version.cuda else ", a CPU build"))
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError("device %r: only %d CUDA device(s)" % (
+                device, torch.cuda.device_count()))
+    elif dev.type not in ("cpu",):
+        raise ValueError("device %r is not supported: use 'cpu' or 'cuda'" % (device,))
+    return dev
 
 
 def to_family(result, like):

@@ -9,9 +9,16 @@ import numpy as np
 
 NO_CENTRE = 2.0 ** -32  # unit rows summing to less than n * NO_CENTRE have no centre
 
+def as_float64(a):
+    """numpy float64 from numpy, lists or torch tensors of any float dtype (bf16 too)."""
+    if hasattr(a, "detach"):
+        a = a.detach().cpu().double().numpy()
+    return np.asarray(a, dtype=np.float64)
+
+
 def unit_rows(features):
     """float64 L2-normalised rows; a non-finite or zero row is an error."""
-    x = np.asarray(features, dtype=np.float64)
+    x = as_float64(features)
     if x.ndim != 2:
         raise ValueError("features must be 2-D (N, d), got shape %s" % (x.shape,))
     norms = np.sqrt((x * x).sum(axis=1))
@@ -25,7 +32,7 @@ def unit_rows(features):
 
 def identity_groups(labels):
     """Unique labels (ascending) and, for each, its row indices ascending."""
-    labels = np.asarray(labels)
+    labels = np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels)
     uniq, inverse = np.unique(labels, return_inverse=True)
     order = np.argsort(inverse, kind="stable")
     bounds = np.cumsum(np.bincount(inverse, minlength=len(uniq)))[:-1]
@@ -48,7 +55,7 @@ def rank_order(features, labels, rank="sparsity", scores=None, seed=0):
     if rank == "random":
         score = np.random.default_rng(seed).permutation(len(y)).astype(np.float64)
     elif rank == "scores":
-        score = np.asarray(scores, dtype=np.float64)
+        score = as_float64(scores)
     out = []
     for rows in identity_groups(labels)[1]:
         if rank in ("sparsity", "centrality"):
@@ -154,7 +161,7 @@ def check_valid(features, labels, keep, threshold, *, scores=None, rank=None,
     """
     rank = rank or ("scores" if scores is not None else "sparsity")
     y = unit_rows(features)
-    keep = np.asarray(keep, dtype=np.int64)
+    keep = np.asarray(keep.cpu() if hasattr(keep, "cpu") else keep, dtype=np.int64)
     if len(keep) and (np.any(np.diff(keep) <= 0) or keep[0] < 0 or keep[-1] >= len(y)):
         raise AssertionError("keep must be sorted, unique indices in [0, %d)" % len(y))
     kept = np.zeros(len(y), dtype=bool)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .csr import group, segment_ids
-from .inputs import as_tensor, check_features, check_scores, settings, to_family
+from .inputs import as_tensor, check_device, check_features, check_scores, settings, to_family
 from . import ranking
 from .runner import Runner
 from .search import LANES, decide, sample_lanes
@@ -69,6 +69,7 @@ def kept_per_identity(keep_pos, sizes):
 def prepare(features, labels, scores, device):
     """(x, uniq, order, offsets, sizes, scores) on the device the work runs on."""
     x = check_features(as_tensor(features, "features"))
+    device = check_device(device)
     if device is not None:
         x = x.to(device)
     n = x.shape[0]

@@ -169,3 +169,9 @@ class AtomicDir(Transaction):
             except OSError:
                 pass
 
+
+
+def file_identity(path):
+    """What changes when a file is rewritten or replaced: [device, inode, size, mtime_ns]."""
+    st = os.stat(path)
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]

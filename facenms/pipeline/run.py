@@ -35,6 +35,7 @@ import time
 
 import numpy as np
 
+from ..data.atomic import file_identity
 from ..scale.dist import is_main
 from .runtime import read_json, write_json
 
@@ -73,12 +74,6 @@ def load_config(path):
 
 def _log(stage, msg):
     print("facenms run [%s] %s" % (stage, msg), flush=True)
-
-
-def file_identity(path):
-    """What changes when a file is rewritten or replaced: [device, inode, size, mtime_ns]."""
-    st = os.stat(path)
-    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
 
 
 def _stamp(settings, inputs, outputs=()):

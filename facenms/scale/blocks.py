@@ -28,8 +28,8 @@ import torch
 
 from ..core import ops, ranking
 from ..core.csr import arange_within, group
-from ..core.inputs import (as_tensor, bad_row_message, check_features, check_scores, settings,
-                           to_family)
+from ..core.inputs import (as_tensor, bad_row_message, check_device, check_features,
+                           check_scores, settings, to_family)
 from ..core.ranking import random_key
 from ..core.search import decide, sample_lanes, sample_take
 from ..core.select import kept_per_identity, make_info
@@ -223,13 +223,14 @@ def _comm(distributed):
 
 def _source(features, device):
     """(reader, compute device, n, d, itemsize) for an array on disk or in memory."""
+    device = check_device(device)
     if isinstance(features, np.ndarray):
         check_features(as_tensor(features[:0], "features"))  # dtype and shape only
         if is_mapped(features) and features.shape[1] > 1 \
                 and features.strides[1] != features.itemsize:
             raise ValueError("memory-mapped features must have contiguous rows, got strides %s"
                              % (features.strides,))
-        dev = torch.device(device) if device is not None else torch.device("cpu")
+        dev = device if device is not None else torch.device("cpu")
         return Reader(features), dev, features.shape[0], features.shape[1], features.itemsize
     # a tensor (or DLPack array) already in memory: blocks are read in place
     x = check_features(as_tensor(features, "features"))
