@@ -30,6 +30,7 @@ def build_parser():
     sub = p.add_subparsers(dest="cmd", required=True)
     for command in COMMANDS:
         command.add(sub)
+    p.commands = sub.choices
     return p
 
 
@@ -44,7 +45,10 @@ def one_line(e):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # reported by the command, like its other usage errors
+        parser.commands[args.cmd].error("unrecognized arguments: %s" % " ".join(extra))
     try:
         args.func(args)
     except USER_ERRORS as e:

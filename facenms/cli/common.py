@@ -1,4 +1,5 @@
 """What the commands share: reading arrays, common options, and errors as one line."""
+import argparse
 import os
 import sys
 
@@ -59,6 +60,17 @@ def progress():
     return sys.stderr.isatty()
 
 
+def positive_int(s):
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not an integer: %r" % s) from None
+    if v < 1:
+        raise argparse.ArgumentTypeError("must be >= 1, got %d" % v)
+    return v
+
+
 def parse_bytes(s):
     """'4G', '512M', '1000000' -> bytes."""
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -85,7 +97,7 @@ def add_selection_args(p):
 
 
 def add_memory_args(p):
-    p.add_argument("--block-size", type=int, help="faces per block read into memory")
+    p.add_argument("--block-size", type=positive_int, help="faces per block read into memory")
     p.add_argument("--max-memory",
                    help="bytes of features in memory at once, e.g. 2G (default 1G)")
 

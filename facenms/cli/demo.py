@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 
-from .common import progress
+from .common import positive_int, progress
 
 DEMO_CONFIG = {  # small enough for a laptop CPU in about a minute
     "proxy": dict(fraction=0.5, backbone="iresnet", model_kwargs=dict(layers=(1, 1, 1, 1),
@@ -20,8 +20,8 @@ DEMO_CONFIG = {  # small enough for a laptop CPU in about a minute
 def add(sub):
     d = sub.add_parser("demo", help="the whole pipeline on generated images, then 60%% of 200k "
                                     "WebFace-like embeddings")
-    d.add_argument("--faces", type=int, default=200_000)
-    d.add_argument("--dim", type=int, default=512)
+    d.add_argument("--faces", type=positive_int, default=200_000)
+    d.add_argument("--dim", type=positive_int, default=512)
     d.add_argument("--ratio", type=float, default=0.6)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--check", action="store_true", help="verify a part with the reference")
