@@ -90,6 +90,8 @@ def run(args):
         else:
             with tempfile.TemporaryDirectory(prefix="facenms-demo-") as work:
                 pipeline_part(work)
+            print("  (part 1's files were in a temporary folder, now removed: "
+                  "pass --work-dir DIR to keep them)", flush=True)
     keep = embeddings_part(args)
     if args.out:
         from ..pipeline.export import save_indices
