@@ -192,3 +192,19 @@ def test_check_valid_takes_bf16(faces):
     xb = torch.from_numpy(x[:500]).bfloat16()
     keep = facenms.select(xb, labels[:500], threshold=0.6)
     reference.check_valid(xb, labels[:500], keep, 0.6)
+
+
+@pytest.mark.parametrize("rank", ["sparsity", "centrality", "random"])
+def test_one_packed_sort_ranks_like_two_stable_sorts(faces, rank):
+    from facenms.core import csr, ranking
+    x, labels = faces
+    x = x.copy()
+    x[7], labels[7] = x[5], labels[5]  # an exact tie: the smaller index first
+    xt = torch.from_numpy(x)
+    _, order, offsets, sizes = csr.group(labels, len(x), xt.device)
+    _, sparsity = ops.prepare(xt, order, offsets)
+    key = {"sparsity": sparsity, "centrality": -sparsity,
+           "random": ranking.random_key(len(x), 4)[order]}[rank]
+    perm = csr.stable_argsort(-key)
+    perm = perm[csr.stable_argsort(csr.segment_ids(sizes)[perm])]
+    assert torch.equal(ranking.rank(xt, order, offsets, sizes, rank, None, 4), order[perm])
