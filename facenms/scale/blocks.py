@@ -30,7 +30,6 @@ from ..core import ops, ranking
 from ..core.csr import arange_within, group
 from ..core.inputs import (as_tensor, bad_row_message, check_device, check_features,
                            check_scores, settings, to_family)
-from ..core.ranking import random_key
 from ..core.search import decide, sample_lanes, sample_take
 from ..core.select import kept_per_identity, make_info
 from .dist import Comm, active, init, split_identities
@@ -48,7 +47,6 @@ def wanted(features, block_size=None, max_memory=None, distributed=None):
     if block_size is not None:
         return True
     return max_memory is not None and nbytes(features) > max_memory
-
 
 
 class BlockRunner:
@@ -104,7 +102,7 @@ class BlockRunner:
             self.bar.set_description("facenms %s" % (
                 "ranking" if thresholds is None else "pass %d" % self.passes))
         bad = None  # (row, kind) of the first bad row seen by this rank
-        ranking = not self.ranked
+        ranking_now = not self.ranked
         with ThreadPoolExecutor(1) as pool:  # reads the next block while this one runs
             nxt = pool.submit(self._load, 0) if self.blocks else None
             for k, (c0, c1) in enumerate(self.blocks):
@@ -115,7 +113,7 @@ class BlockRunner:
                 x = x_h.to(self.device)
                 local = local.to(self.device)
                 off = (self.offsets[c0:c1 + 1] - a).to(self.device)
-                if ranking:
+                if ranking_now:
                     t = time.perf_counter()
                     try:
                         local = self._rank_block(x, local, off, self.sizes[c0:c1], rows)
@@ -140,7 +138,7 @@ class BlockRunner:
                 if self.bar is not None:
                     self.bar.update(b - a)
                 del x, x_h  # before the next read: at most two blocks resident
-        if ranking:
+        if ranking_now:
             self._raise_if_bad(bad)
             self.ranked = True
 
@@ -258,7 +256,7 @@ def select(features, labels, ratio=None, threshold=None, *, scores=None, rank=No
     if scores is not None:
         key = check_scores(scores, n, "cpu")
     elif s.rank == "random":  # the same draw as in memory
-        key = random_key(n, seed)
+        key = ranking.random_key(n, seed)
     bounds = split_identities(sizes.numpy(), comm.world)
     c_lo, c_hi = int(bounds[comm.rank]), int(bounds[comm.rank + 1])
     rows = block_rows(d, itemsize, block_size, max_memory)
