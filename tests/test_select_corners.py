@@ -208,3 +208,21 @@ def test_one_packed_sort_ranks_like_two_stable_sorts(faces, rank):
     perm = csr.stable_argsort(-key)
     perm = perm[csr.stable_argsort(csr.segment_ids(sizes)[perm])]
     assert torch.equal(ranking.rank(xt, order, offsets, sizes, rank, None, 4), order[perm])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_rows_rescaled_for_the_gpu_keep_their_direction(faces, dtype):
+    # the CUDA path's guard, run here on the CPU: exact powers of two, rows untouched in range
+    from facenms.core.ranking import rescale_rows
+    x = torch.from_numpy(faces[0][:50]).to(dtype, copy=True)
+    x[:10] = (x[:10].double() * 2.0 ** 100).to(dtype)
+    x[10:20] = (x[10:20].double() * 2.0 ** -100).to(dtype)
+    y = rescale_rows(x, x.double().norm(dim=1))
+    assert torch.equal(y[20:], x[20:])
+    ratio = y[:20].double() / x[:20].double()
+    assert torch.equal(ratio, ratio[:, :1].expand_as(ratio))  # one factor per row
+    assert torch.all(torch.log2(ratio[:, 0]) == torch.round(torch.log2(ratio[:, 0])))
+    norms = y[:20].double().norm(dim=1)
+    assert bool(((norms > 0.1) & (norms < 100)).all())
+    same = x[20:]
+    assert rescale_rows(same, same.double().norm(dim=1)) is same

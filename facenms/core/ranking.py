@@ -19,15 +19,44 @@ def random_key(n, seed):
     return torch.from_numpy(np.random.default_rng(seed).permutation(n).astype(np.float64))
 
 
-def rank(x, order, offsets, sizes, rank, scores, seed):
+def float32_safe(x, norms=None):
+    """x, or x with rows rescaled by powers of two where a row's norm lies outside
+    [2**-60, 2**60]. The CUDA kernels accumulate float32 (tensor-core) dot products
+    of the raw rows, whose squares would overflow or underflow there; the CPU
+    kernels rescale such rows themselves. `norms`: the rows' float64 norms when
+    known (else one reduction over x)."""
+    if x.device.type != "cuda" or x.dtype == torch.float16 or x.numel() == 0:
+        return x  # float16 rows cannot leave the range
+    return rescale_rows(x, x.abs().amax(dim=1).double() if norms is None else norms)
+
+
+def rescale_rows(x, size):
+    """x with every row whose `size` (norm or largest element, float64) is outside
+    [2**-60, 2**60] multiplied by the power of two that brings it into [0.5, 1):
+    exact, so no row changes direction. x itself when no row needs it."""
+    odd = (size > 0) & torch.isfinite(size) & ((size < 2.0 ** -60) | (size > 2.0 ** 60))
+    if not bool(odd.any()):
+        return x
+    _, e = torch.frexp(size)
+    scale = torch.where(odd, torch.ldexp(torch.ones_like(size), -e), torch.ones_like(size))
+    return (x.double() * scale[:, None]).to(x.dtype)
+
+
+def rank(x, order, offsets, sizes, rank, scores, seed, with_norms=False):
     """Reorder each identity's rows of `order` by descending score, ties by smaller index.
 
     rank: "sparsity" | "centrality" | "random" | "scores" (then `scores`, one
     per row of x). Raises ValueError naming the first zero or non-finite row.
+    with_norms: also return the rows' float64 norms (following `order`).
     """
     norms, sparsity = ops.prepare(x, order, offsets)
     if bool((~torch.isfinite(norms) | (norms == 0)).any()):
         raise_bad_row(x)
+    ranked = _sorted(x, order, sizes, rank, scores, seed, sparsity)
+    return (ranked, norms) if with_norms else ranked
+
+
+def _sorted(x, order, sizes, rank, scores, seed, sparsity):
     ident = segment_ids(sizes, total=order.shape[0])
     if rank in ("sparsity", "centrality"):
         # scores are multiples of 2**-20 in [0, 2]: small integers, so that one

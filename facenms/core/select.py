@@ -92,7 +92,11 @@ def select(features, labels, ratio=None, threshold=None, *, scores=None, rank=No
     t1 = time.perf_counter()
     fuse = ranking.fused(x, s.rank)
     if n > 0 and not fuse:
-        order = ranking.rank(x, order, offsets, sizes, s.rank, scores, s.seed)
+        ranked, norms = ranking.rank(x, order, offsets, sizes, s.rank, scores, s.seed,
+                                     with_norms=True)
+        if x.device.type == "cuda":  # norms follow `order`; float32_safe wants them by row
+            x = ranking.float32_safe(x, torch.empty_like(norms).index_copy_(0, order, norms))
+        order = ranked
     timings["rank"] = time.perf_counter() - t1  # with fuse: inside the first pass
 
     t2 = time.perf_counter()
@@ -139,6 +143,7 @@ def curve(features, labels, thresholds=None, *, scores=None, rank=None, min_per_
     fuse = ranking.fused(x, s.rank)
     if not fuse:
         order = ranking.rank(x, order, offsets, sizes, s.rank, scores, s.seed)
+        x = ranking.float32_safe(x)
     run = Runner(x, order, offsets, sizes, s.min_keep, progress, fuse)
     try:
         _, counts = run(ts)

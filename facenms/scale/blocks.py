@@ -110,7 +110,7 @@ class BlockRunner:
                 if k + 1 < len(self.blocks):
                     nxt = pool.submit(self._load, k + 1)
                 a, b = int(self.off_np[c0]), int(self.off_np[c1])
-                x = x_h.to(self.device)
+                x = ranking.float32_safe(x_h.to(self.device))
                 local = local.to(self.device)
                 off = (self.offsets[c0:c1 + 1] - a).to(self.device)
                 if ranking_now:
