@@ -26,8 +26,9 @@ MEAN_SIZE, TAIL, MAX_SIZE = 21.0, 1.42, 5000  # WebFace-like identity sizes
 
 # ------------------------------------------------------------------ data ----
 
-def identity_sizes(n_faces, gen):
-    """Log-normal identity sizes >= 2 (mean ~21, long tail) adding up to n_faces."""
+def identity_sizes(n_faces, gen, extra=()):
+    """Log-normal identity sizes >= 2 (mean ~21, long tail) adding up to n_faces,
+    the sizes `extra` first (their faces count towards n_faces)."""
     mu = math.log(MEAN_SIZE) - TAIL ** 2 / 2
     out, total = [], 0
     while total < n_faces:
@@ -35,14 +36,14 @@ def identity_sizes(n_faces, gen):
         s = s.round().clamp_(2, MAX_SIZE).long()
         out.append(s)
         total += int(s.sum())
-    s = torch.cat(out)
+    s = torch.cat([torch.tensor(list(extra), dtype=torch.int64)] + out)
     cut = int(torch.searchsorted(s.cumsum(0), n_faces))
     s = s[:cut + 1].clone()
     s[-1] -= int(s.sum()) - n_faces
     return s[s > 0]
 
 
-def webface_like(n_faces, d, device, seed=0, dtype=torch.float16, chunk=1 << 21):
+def webface_like(n_faces, d, device, seed=0, dtype=torch.float16, chunk=1 << 21, extra=()):
     """(features (N, d) unit rows, labels (N,) int64), generated on the device.
 
     A face is its identity's centre plus shared nuisance directions plus noise;
@@ -50,7 +51,7 @@ def webface_like(n_faces, d, device, seed=0, dtype=torch.float16, chunk=1 << 21)
     shuffled so identities are not contiguous (select has to group them).
     """
     gen = torch.Generator().manual_seed(seed)
-    sizes = identity_sizes(n_faces, gen).to(device)
+    sizes = identity_sizes(n_faces, gen, extra).to(device)
     dg = torch.Generator(device=device).manual_seed(seed)
     labels = torch.repeat_interleave(torch.arange(len(sizes), device=device), sizes)
     starts = torch.cumsum(sizes, 0) - sizes
