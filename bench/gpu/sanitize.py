@@ -39,7 +39,8 @@ def case(sizes, d, dtype, seed):
 
 
 def thresholds(lanes, n_ident, per_ident):
-    t = torch.linspace(-0.05, 0.95, lanes, dtype=torch.float64)
+    # above the bulk of random similarities, below the near duplicates
+    t = torch.linspace(0.2, 0.9, lanes, dtype=torch.float64)
     if per_ident:
         t = t[None, :] + 0.001 * torch.arange(max(n_ident, 0), dtype=torch.float64)[:, None]
     return t.contiguous()
@@ -60,36 +61,39 @@ def main(argv=None):
         sizes_all = [s for s in SIZES if s < 1000]
     groups = [[s] for s in sizes_all] + [sizes_all]
     bad, calls, t0 = 0, 0, time.time()
-    for dtype, d in configs:
-        for sizes in groups:
-            dd = 64 if args.quick and max(sizes) > 5888 else d
-            x, order, offsets = case(sizes, dd, dtype, seed=len(sizes) * 131 + dd + sum(sizes))
-            xd, od, offd = x.to(dev), order.to(dev), offsets.to(dev)
-            cn, cs = ops.prepare(x, order, offsets)
-            gn, gs = ops.prepare(xd, od, offd)
-            calls += 1
-            if not torch.allclose(gn.cpu(), cn, rtol=1e-12, atol=0) or \
-                    bool(((gs.cpu() - cs).abs() > 2.0 ** -20).any()):
-                bad += 1
-                print("MISMATCH prepare", dtype, dd, sizes)
-            for lanes in (1, 64):
-                for per_ident in (False, True):
-                    if per_ident and lanes == 1:
-                        continue
-                    thr = thresholds(lanes, len(sizes), per_ident)
-                    cb, cc = ops.nms(x, order, offsets, thr, 3)
-                    gb, gc = ops.nms(xd, od, offd, thr.to(dev), 3)
-                    nb, nc = torch.ops.facenms.nms_with_norms(xd, od, offd, thr.to(dev), 3, gn)
-                    calls += 2
-                    # random data: a similarity within float rounding of a
-                    # threshold may flip a face; count the differences
-                    diff = int((gb.cpu() != cb).sum())
-                    same = torch.equal(gb, nb) and torch.equal(gc, nc)
-                    if diff > 2 or not same:
-                        bad += 1
-                        print("MISMATCH nms", dtype, dd, sizes, "lanes", lanes, "per_ident",
-                              per_ident, "faces differing from the CPU:", diff,
-                              "nms_with_norms == nms:", same)
+    # the 6000-face cases last: a run cut short by its budget has checked the rest
+    cases = sorted(((dt, d, g) for dt, d in configs for g in groups),
+                   key=lambda c: max(c[2]) > 5888)
+    for dtype, d, sizes in cases:
+        dd = 64 if args.quick and max(sizes) > 5888 else d
+        x, order, offsets = case(sizes, dd, dtype, seed=len(sizes) * 131 + dd + sum(sizes))
+        xd, od, offd = x.to(dev), order.to(dev), offsets.to(dev)
+        cn, cs = ops.prepare(x, order, offsets)
+        gn, gs = ops.prepare(xd, od, offd)
+        calls += 1
+        if not torch.allclose(gn.cpu(), cn, rtol=1e-12, atol=0) or \
+                bool(((gs.cpu() - cs).abs() > 2.0 ** -20).any()):
+            bad += 1
+            print("MISMATCH prepare", dtype, dd, sizes)
+        for lanes in (1, 64):
+            for per_ident in (False, True):
+                if per_ident and lanes == 1:
+                    continue
+                thr = thresholds(lanes, len(sizes), per_ident)
+                cb, cc = ops.nms(x, order, offsets, thr, 3)
+                gb, gc = ops.nms(xd, od, offd, thr.to(dev), 3)
+                nb, nc = torch.ops.facenms.nms_with_norms(xd, od, offd, thr.to(dev), 3, gn)
+                calls += 2
+                # random data: a similarity within float rounding of a
+                # threshold may flip a face (parity.py checks each such case)
+                diff = int((gb.cpu() != cb).sum())
+                same = torch.equal(gb, nb) and torch.equal(gc, nc)
+                if diff > 2 + len(cb) // 1000 or not same:
+                    bad += 1
+                    print("MISMATCH nms", dtype, dd, sizes, "lanes", lanes, "per_ident",
+                          per_ident, "faces differing from the CPU:", diff,
+                          "nms_with_norms == nms:", same)
+        print("checked %s d=%d sizes %s (%.1f s)" % (dtype, dd, sizes, time.time() - t0))
     if dev.type == "cuda":
         torch.cuda.synchronize()
     print("%d calls, %d mismatches, %.1f s" % (calls, bad, time.time() - t0))
