@@ -339,9 +339,10 @@ def test_nms_cuda_matches_cpu(dtype, per_ident, d):
         np.testing.assert_array_equal(gc.cpu().numpy(), cc.numpy())
 
 
-# (d, row stride, first element): 16-bit rows read 8, 2 and 1 elements per load
-LAYOUTS = [(64, 64, 0), (512, 520, 8), (66, 66, 0), (510, 512, 2), (64, 72, 1), (63, 63, 0),
-           (511, 511, 0), (512, 513, 0)]
+# (d, row stride, first element): 16-bit rows read 8 (one chunk of columns,
+# two with a partial one, eight), 2 and 1 elements per load
+LAYOUTS = [(64, 64, 0), (72, 72, 0), (512, 520, 8), (66, 66, 0), (510, 512, 2), (64, 72, 1),
+           (63, 63, 0), (511, 511, 0), (512, 513, 0)]
 
 
 @gpu
