@@ -48,6 +48,13 @@ def main(argv=None):
           "mask %.2f GB; sum(n^2)/N = %.0f\n" % (
               WARP_MAX, len(small), 100 * float(small.sum()) / n, len(large), int(tiles.sum()),
               TILE, TILE, float(mask) / 1e9, float((s * s).sum()) / n))
+    for lo, hi, what in [(WARP_MAX + 1, 2 * WARP_MAX, "one 64 x 64 tile, walk_kernel<32>"),
+                         (2 * WARP_MAX + 1, 256, "walk_kernel<32>"),
+                         (257, None, "walk_kernel<256>")]:
+        m = (s >= lo) & (s <= hi) if hi else s >= lo
+        print("  identities of %d-%s faces: %d, %.1f%% of faces (%s)" % (
+            lo, hi or "", int(m.sum()), 100 * float(s[m].sum()) / n, what))
+    print()
     bw = args.hbm * 1e9
     sort = 8 * 32 * n  # one 64-bit key + value radix sort: 8 passes, read + write
     # (name, HBM bytes, L2 bytes beyond those, note). The tiles of one identity
