@@ -25,11 +25,9 @@ static_assert(kTileThreads == 2 * kTile, "tile_begin stages one row per thread")
 // ------------------------------------------------------------- tiles ----
 
 // Where a tile is, after tile_begin: schedule position s, identity c of n
-// faces starting at a, blocks kb (suppressors) and mb (candidates), and the
-// identity's byte mask (side x side).
+// faces starting at a, blocks kb (suppressors) and mb (candidates).
 struct Tile {
-  int64_t s, c, n, a, kb, mb, side;
-  uint8_t* out;
+  int64_t s, c, n, a, kb, mb;
 };
 
 // The prologue of every tile: unpacks table entry t, waits until the block
@@ -43,8 +41,6 @@ __device__ __forceinline__ Tile tile_begin(const NmsParams& p, int64_t t,
   tl.c = p.sched[tl.s];
   tl.n = p.sizes[tl.s];
   tl.a = p.offsets[tl.c];
-  tl.side = mask_side(tl.n);
-  tl.out = p.mask + p.mask_base[tl.s];  // once: byte stores may alias any load
   const int tid = threadIdx.x;
   __syncthreads();
   {
@@ -64,7 +60,9 @@ __device__ __forceinline__ Tile tile_begin(const NmsParams& p, int64_t t,
 __device__ __forceinline__ void tile_store(const NmsParams& p, const Tile& tl,
                                            const double* s_thr, int kl, int ml, float sim) {
   const int64_t k = tl.kb * kTile + kl, m = tl.mb * kTile + ml;
-  if (k < m && m < tl.n) tl.out[k * tl.side + m] = (uint8_t)count_below(s_thr, p.lanes, (double)sim);
+  if (k < m && m < tl.n)
+    p.mask[p.mask_base[tl.s] + k * mask_side(tl.n) + m] =
+        (uint8_t)count_below(s_thr, p.lanes, (double)sim);
 }
 
 // fp32/fp64 rows: float32 FMAs, a 4 x 8 register tile per thread.
