@@ -15,7 +15,8 @@
 # (bench.py). No network needed: the build uses the installed torch.
 #
 # Environment: OUT (log folder), PYTHON (default python3), SKIP_BUILD=1 (use
-# the facenms that is importable), TOTAL_S (whole budget, default 470).
+# the facenms that is importable), TOTAL_S (whole budget, default 475),
+# BUILD_S (the build's, default 180).
 set -uo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 DEVICE=cuda
@@ -35,7 +36,7 @@ LOGS="${OUT:-$REPO/out/gpu-check}"
 mkdir -p "$LOGS"
 SITE="${FACENMS_SITE:-/tmp/facenms-gpu-check/site}"
 SRC=/tmp/facenms-gpu-check/src
-TOTAL_S="${TOTAL_S:-470}"
+TOTAL_S="${TOTAL_S:-475}"
 START=$(date +%s)
 SUMMARY="$LOGS/summary.md"
 ROWS="$(mktemp)"
@@ -49,8 +50,14 @@ fi
 
 # step NAME LOG BUDGET_S COMMAND: runs COMMAND (a bash string) under timeout,
 # appending to LOG, and records the outcome.
+NO_BUILD=""  # set when the build failed: the later steps would test another facenms
 step() {
   local name="$1" log="$LOGS/$2" budget="$3" cmd="$4"
+  if [ -n "$NO_BUILD" ] && [ "$name" != build ]; then
+    echo "| $name | SKIP | - | 0 | $NO_BUILD |" >>"$ROWS"
+    echo "== $name: SKIP ($NO_BUILD)"
+    return
+  fi
   local left=$((TOTAL_S - ($(date +%s) - START)))
   [ "$budget" -gt "$left" ] && budget="$left"
   if [ "$budget" -lt 5 ]; then
@@ -78,7 +85,7 @@ if [ "${SKIP_BUILD:-0}" = 1 ]; then
 else
   # A copy of the tree, so the in-tree build folders of this checkout stay as they are.
   if [ "$DEVICE" = cpu ]; then FLAGS="FORCE_CPU=1"; else FLAGS="FORCE_CUDA=1"; fi
-  step build build.log 150 "
+  step build build.log "${BUILD_S:-180}" "
     rm -rf '$SRC' '$SITE' && mkdir -p '$SRC' '$SITE' &&
     tar -C '$REPO' --exclude=./.git --exclude=./build --exclude=./out --exclude='*.so' -cf - . |
       tar -C '$SRC' -xf - &&
@@ -88,9 +95,12 @@ else
 fi
 cd /tmp  # outside the source tree: the built facenms is imported
 WHICH=$("$PY" -c "import facenms, json; print(facenms.__file__); print(json.dumps(facenms.build_info()))" 2>&1)
+if [ "${SKIP_BUILD:-0}" != 1 ] && [[ "$(echo "$WHICH" | head -1)" != "$SITE"/* ]]; then
+  NO_BUILD="no facenms from the build (see build.log)"
+fi
 
 # ---------------------------------------------------------- 2. tests ----
-step tests tests.log 80 "'$PY' -m pytest -q -p no:cacheprovider -rs '$REPO/tests/test_cuda.py'"
+step tests tests.log 75 "'$PY' -m pytest -q -p no:cacheprovider -rs '$REPO/tests/test_cuda.py'"
 
 # ------------------------------------------------------ 3. sanitizer ----
 SAN="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)"
@@ -103,23 +113,23 @@ elif [ -z "$SAN" ]; then
   skip "racecheck" "compute-sanitizer not found"
   step "sanitize.py without sanitizer" sanitizer.log 40 "'$PY' '$G/sanitize.py'"
 else
-  step memcheck sanitizer.log 45 \
+  step memcheck sanitizer.log 40 \
     "'$SAN' --tool memcheck --error-exitcode 9 --print-limit 30 '$PY' '$G/sanitize.py'"
-  step racecheck sanitizer.log 40 \
+  step racecheck sanitizer.log 30 \
     "'$SAN' --tool racecheck --error-exitcode 9 --print-limit 30 '$PY' '$G/sanitize.py' --quick"
 fi
 
 # --------------------------------------------------------- 4. parity ----
-step parity parity.log 45 "'$PY' '$G/parity.py' ${SMALL[*]}"
+step parity parity.log 40 "'$PY' '$G/parity.py' ${SMALL[*]}"
 
 # -------------------------------------------------------- 5. profile ----
-step profile profile.log 60 "'$PY' '$G/profile.py' ${SMALL[*]}"
+step profile profile.log 50 "'$PY' '$G/profile.py' ${SMALL[*]}"
 
 # ---------------------------------------------------------- 6. bench ----
 if [ ${#BENCH_ARGS[@]} -eq 0 ]; then
   if [ "$DEVICE" = cpu ]; then BENCH_ARGS=(--device cpu --tiny); else BENCH_ARGS=(--sizes 1M,42M --budget-s 15); fi
 fi
-step bench bench.log 65 "'$PY' '$G/bench.py' ${BENCH_ARGS[*]}"
+step bench bench.log 60 "'$PY' '$G/bench.py' ${BENCH_ARGS[*]}"
 
 # -------------------------------------------------------- summary ----
 {
