@@ -6,7 +6,9 @@ an isolated build may compile against another torch and fail to import.
 Environment switches:
   FORCE_CUDA=1   build the CUDA kernels even when no GPU is visible
   FORCE_CPU=1    never build them
-  TORCH_CUDA_ARCH_LIST   default "8.0;9.0+PTX" when no GPU is visible
+  TORCH_CUDA_ARCH_LIST   default: the visible GPUs' archs, "8.0;9.0+PTX" when none is visible
+  FACENMS_NVCC_FLAGS     extra nvcc flags, split on spaces (e.g. "-Xptxas -v" to print
+                         registers, spills and shared memory per kernel)
 """
 import glob
 import os
@@ -68,13 +70,18 @@ def _extension():
     with_cuda, why = _want_cuda()
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     cxx = ["-O3", "-fopenmp", "-fvisibility=hidden", "-Wno-psabi"]
-    nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
+    nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"] + os.environ.get(
+        "FACENMS_NVCC_FLAGS", "").split()
     define = []
     if with_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         define.append(("WITH_CUDA", None))
-        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+            # the visible GPUs' archs (what torch would pick), written down so that
+            # build_info reports them; none visible: a portable default
+            caps = sorted({"%d.%d" % torch.cuda.get_device_capability(i)
+                           for i in range(torch.cuda.device_count())})
+            os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(caps) if caps else "8.0;9.0+PTX"
     flags = " ".join(cxx + (nvcc if with_cuda else []))
     define.append(("FACENMS_BUILD_FLAGS", '"%s"' % flags.replace('"', "")))
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "") if with_cuda else ""

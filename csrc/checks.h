@@ -60,4 +60,14 @@ inline int check_thresholds(const at::Tensor& x, const at::Tensor& thresholds, i
   return lanes;
 }
 
+// The norms argument of nms_with_norms: float64 (N,) on the features' device.
+inline void check_norms(const at::Tensor& x, const at::Tensor& order, const at::Tensor& norms) {
+  TORCH_CHECK(norms.dim() == 1 && norms.numel() == order.numel() &&
+                  norms.scalar_type() == at::kDouble && norms.is_contiguous() &&
+                  norms.device() == x.device(),
+              "nms_with_norms: expected norms as a contiguous float64 tensor of shape (",
+              order.numel(), ",) on ", x.device(), ", got ", norms.scalar_type(), " of shape ",
+              norms.sizes(), " on ", norms.device());
+}
+
 }  // namespace facenms

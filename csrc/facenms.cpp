@@ -55,6 +55,11 @@ TORCH_LIBRARY(facenms, m) {
   // min(min_keep, n) faces in every lane: its best-ranked suppressed ones.
   m.def("nms(Tensor x, Tensor order, Tensor offsets, Tensor thresholds, int min_keep)"
         " -> (Tensor, Tensor)");
+  // nms with the float64 row norms of rows `order` (N,) given, as prepare
+  // returns them (permuted along with `order`): the CUDA kernels then skip
+  // their own pass over the features for the norms. Same outputs as nms.
+  m.def("nms_with_norms(Tensor x, Tensor order, Tensor offsets, Tensor thresholds,"
+        " int min_keep, Tensor norms) -> (Tensor, Tensor)");
   // nms with the ranking done on the way: rows `order` of each identity are
   // ranked by their sparsity scores (descending, or ascending with
   // centrality; ties by the smaller row index) and walked at once, reading
@@ -63,6 +68,9 @@ TORCH_LIBRARY(facenms, m) {
   // then its identity is not walked).
   m.def("rank_nms(Tensor x, Tensor order, Tensor offsets, Tensor thresholds, int min_keep,"
         " bool centrality) -> (Tensor, Tensor, Tensor, Tensor)");
+  // The CUDA schedule and tile table, computed on the CPU (for tests): sched
+  // (C,) and tiles (n_tiles, 4) = identity, kb, mb, mask offset.
+  m.def("_nms_plan(Tensor offsets) -> (Tensor, Tensor)");
   m.def("build_info", &build_info);
 }
 

@@ -55,8 +55,8 @@ FACENMS_HD uint64_t lanes_below(const double* thr, int lanes, double sim) {
   return prefix_mask(count_below(thr, lanes, sim));
 }
 
-// Faces an identity must keep whatever the threshold: min(m, n).
-FACENMS_HD int64_t min_keep(int64_t m, int64_t n) { return m < n ? m : n; }
+// Faces an identity must keep whatever the threshold: min(min_keep, n).
+FACENMS_HD int64_t faces_to_keep(int64_t min_keep, int64_t n) { return min_keep < n ? min_keep : n; }
 
 FACENMS_HD int popcount64(uint64_t v) {
 #if defined(__CUDA_ARCH__)
@@ -114,24 +114,23 @@ FACENMS_HD int64_t tile_count(int64_t n) {
 FACENMS_HD int64_t mask_side(int64_t n) { return is_large(n) ? tile_blocks(n) * kTile : 0; }
 FACENMS_HD int64_t mask_bytes(int64_t n) { return mask_side(n) * mask_side(n); }
 
-// Tiles of one identity are numbered mb-major: t = mb * (mb + 1) / 2 + kb.
-FACENMS_HD void tile_decode(int64_t t, int64_t* kb, int64_t* mb) {
-  int64_t m = (int64_t)((sqrt(8.0 * (double)t + 1.0) - 1.0) * 0.5);
-  while (m * (m + 1) / 2 > t) --m;  // the square root may be off by one
-  while ((m + 1) * (m + 2) / 2 <= t) ++m;
-  *mb = m;
-  *kb = t - m * (m + 1) / 2;
+// The tile table of a pass holds one int64 per tile: the identity's position
+// s in the schedule and the tile's blocks (kb, mb). Identities of one pass
+// take consecutive entries, mb-major within one (kb = 0..mb for mb = 0..).
+// 16 bits per block index: identities up to kMaxTiledFaces faces (their
+// byte mask alone would be 16 TiB).
+constexpr int64_t kMaxTiledFaces = int64_t(1) << 22;
+FACENMS_HD int64_t tile_pack(int64_t s, int64_t kb, int64_t mb) {
+  return (s << 32) | (kb << 16) | mb;
 }
-
-// First index i in [0, n) with a[i] > v (a ascending), n if none: finds the
-// identity of a tile from the inclusive prefix sums of tile counts.
-FACENMS_HD int64_t upper_bound(const int64_t* a, int64_t n, int64_t v) {
-  int64_t lo = 0, hi = n;
-  while (lo < hi) {
-    int64_t mid = lo + ((hi - lo) >> 1);
-    if (a[mid] <= v) lo = mid + 1; else hi = mid;
-  }
-  return lo;
+FACENMS_HD void tile_unpack(int64_t v, int64_t* s, int64_t* kb, int64_t* mb) {
+  *s = v >> 32;
+  *kb = (v >> 16) & 0xffff;
+  *mb = v & 0xffff;
+}
+// Byte offset of tile (kb, mb)'s (0, 0) entry in its identity's mask.
+FACENMS_HD int64_t tile_mask_offset(int64_t n, int64_t kb, int64_t mb) {
+  return kb * kTile * mask_side(n) + mb * kTile;
 }
 
 }  // namespace facenms

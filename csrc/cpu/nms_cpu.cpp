@@ -11,10 +11,10 @@ namespace {
 
 std::tuple<at::Tensor, at::Tensor> nms_cpu(const at::Tensor& x, const at::Tensor& order,
                                            const at::Tensor& offsets,
-                                           const at::Tensor& thresholds, int64_t min_per_identity) {
+                                           const at::Tensor& thresholds, int64_t min_keep) {
   check_inputs(x, order, offsets, "nms");
   int lanes;
-  auto [bits, counts] = nms_outputs(x, order, offsets, thresholds, min_per_identity, &lanes);
+  auto [bits, counts] = nms_outputs(x, order, offsets, thresholds, min_keep, &lanes);
   const int64_t n_ident = offsets.numel() - 1;
   if (n_ident == 0 || order.numel() == 0) return {bits, counts};
   const int64_t* ord = order.data_ptr<int64_t>();
@@ -23,7 +23,7 @@ std::tuple<at::Tensor, at::Tensor> nms_cpu(const at::Tensor& x, const at::Tensor
     const scalar_t* base = x.data_ptr<scalar_t>();
     const int64_t d = x.size(1), ld = x.stride(0);
     walk_identities<scalar_t>(x, ord, off, n_ident, thresholds.data_ptr<double>(),
-                              thresholds.dim() == 2, lanes, min_per_identity,
+                              thresholds.dim() == 2, lanes, min_keep,
                               reinterpret_cast<uint64_t*>(bits.data_ptr<int64_t>()),
                               counts.data_ptr<int64_t>(), [&](int64_t c, int, float* y) {
                                 load_rows(base, ld, ord + off[c], off[c + 1] - off[c], d, y);
@@ -33,8 +33,21 @@ std::tuple<at::Tensor, at::Tensor> nms_cpu(const at::Tensor& x, const at::Tensor
   return {bits, counts};
 }
 
+// The CPU walk normalises rows as it loads them, so the norms are only checked.
+std::tuple<at::Tensor, at::Tensor> nms_with_norms_cpu(const at::Tensor& x,
+                                                      const at::Tensor& order,
+                                                      const at::Tensor& offsets,
+                                                      const at::Tensor& thresholds,
+                                                      int64_t min_keep, const at::Tensor& norms) {
+  check_norms(x, order, norms);
+  return nms_cpu(x, order, offsets, thresholds, min_keep);
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(facenms, CPU, m) { m.impl("nms", &nms_cpu); }
+TORCH_LIBRARY_IMPL(facenms, CPU, m) {
+  m.impl("nms", &nms_cpu);
+  m.impl("nms_with_norms", &nms_with_norms_cpu);
+}
 
 }  // namespace facenms

@@ -73,10 +73,10 @@ bool rank_identity(const T* base, int64_t ld, int64_t d, const int64_t* rows, in
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rank_nms_cpu(
     const at::Tensor& x, const at::Tensor& order, const at::Tensor& offsets,
-    const at::Tensor& thresholds, int64_t min_per_identity, bool centrality) {
+    const at::Tensor& thresholds, int64_t min_keep, bool centrality) {
   check_inputs(x, order, offsets, "rank_nms");
   int lanes;
-  auto [bits, counts] = nms_outputs(x, order, offsets, thresholds, min_per_identity, &lanes);
+  auto [bits, counts] = nms_outputs(x, order, offsets, thresholds, min_keep, &lanes);
   auto ranked = order.clone();
   auto bad = at::full({}, -1, order.options());
   const int64_t n_ident = offsets.numel() - 1;
@@ -90,7 +90,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rank_nms_cpu(
     const scalar_t* base = x.data_ptr<scalar_t>();
     walk_identities<scalar_t>(
         x, ord, off, n_ident, thresholds.data_ptr<double>(), thresholds.dim() == 2, lanes,
-        min_per_identity, reinterpret_cast<uint64_t*>(bits.data_ptr<int64_t>()),
+        min_keep, reinterpret_cast<uint64_t*>(bits.data_ptr<int64_t>()),
         counts.data_ptr<int64_t>(), [&](int64_t c, int tid, float* y) {
           const int64_t a = off[c];
           return rank_identity(base, ld, d, ord + a, off[c + 1] - a, centrality, scratch[tid],

@@ -255,7 +255,7 @@ void for_each_identity(const T* base, int64_t ld, int64_t d, const int64_t* orde
 template <typename T, typename Load>
 void walk_identities(const at::Tensor& x, const int64_t* order, const int64_t* offsets,
                      int64_t n_ident, const double* thr, bool per_identity, int lanes,
-                     int64_t min_per_identity, uint64_t* bits, int64_t* counts, Load load) {
+                     int64_t min_keep, uint64_t* bits, int64_t* counts, Load load) {
   const int64_t d = x.size(1);
   const int threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n_ident));
   std::vector<std::vector<int64_t>> partial(threads, std::vector<int64_t>(per_identity ? 0 : lanes));
@@ -271,7 +271,7 @@ void walk_identities(const at::Tensor& x, const int64_t* order, const int64_t* o
     if (!load(c, tid, y.data())) return;
     const double* t = per_identity ? thr + c * lanes : thr;
     walk(y.data(), n, d, t, lanes, bits + a, kept.data(), pf);
-    fill_min_keep(bits + a, n, lanes, min_keep(min_per_identity, n),
+    fill_min_keep(bits + a, n, lanes, faces_to_keep(min_keep, n),
                   per_identity ? counts + c * lanes : partial[tid].data());
   });
   if (!per_identity)
