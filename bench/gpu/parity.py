@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402  (webface_like, grouped)
 
-from facenms import ops  # noqa: E402
+from facenms.core import ops  # noqa: E402
 
 
 def tc_sims(y16, device):

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
 
 import facenms  # noqa: E402
-from facenms import ops  # noqa: E402
+from facenms.core import ops  # noqa: E402
 
 
 def run(name, fn, device, rows):

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 import facenms  # noqa: F401
-from facenms import ops
+from facenms.core import ops
 
 SIZES = [0, 1, 16, 17, 32, 33, 64, 65, 256, 257, 6000]
 

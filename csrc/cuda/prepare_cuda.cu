@@ -75,7 +75,7 @@ __global__ void prepare_kernel(const scalar_t* __restrict__ x, int64_t ld, int64
     }
     __syncthreads();
     const double cn = s_cn;
-    const bool tie = s_bad || !(cn > 0);  // no centre: every face scores 1
+    const bool tie = s_bad || !(cn > n * kNoCentre);  // no centre: every face scores 1
     for (int64_t i = warp; i < n; i += W) {
       if (tie) {
         if (lane == 0) scores[a + i] = 1.0;

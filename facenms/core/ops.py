@@ -41,6 +41,15 @@ def nms(x: torch.Tensor, order: torch.Tensor, offsets: torch.Tensor,
     return torch.ops.facenms.nms(x, order, offsets, thresholds, int(min_keep))
 
 
+def nms_with_norms(x: torch.Tensor, order: torch.Tensor, offsets: torch.Tensor,
+                   thresholds: torch.Tensor, min_keep: int, norms: torch.Tensor
+                   ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``nms`` given the float64 norms of rows ``order`` (as ``prepare`` returns them,
+    permuted with ``order``): the CUDA kernels skip their own pass for the norms."""
+    load()
+    return torch.ops.facenms.nms_with_norms(x, order, offsets, thresholds, int(min_keep), norms)
+
+
 def rank_nms(x: torch.Tensor, order: torch.Tensor, offsets: torch.Tensor,
              thresholds: torch.Tensor, min_keep: int = 1, centrality: bool = False
              ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -65,6 +74,10 @@ def _register_fakes():
     def _nms_fake(x, order, offsets, thresholds, min_keep):
         return (order.new_empty(order.shape, dtype=torch.int64),
                 order.new_empty(thresholds.shape, dtype=torch.int64))
+
+    @torch.library.register_fake("facenms::nms_with_norms")
+    def _nms_with_norms_fake(x, order, offsets, thresholds, min_keep, norms):
+        return _nms_fake(x, order, offsets, thresholds, min_keep)
 
     @torch.library.register_fake("facenms::rank_nms")
     def _rank_nms_fake(x, order, offsets, thresholds, min_keep, centrality):

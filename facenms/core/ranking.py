@@ -47,32 +47,32 @@ def rank(x, order, offsets, sizes, rank, scores, seed, with_norms=False):
 
     rank: "sparsity" | "centrality" | "random" | "scores" (then `scores`, one
     per row of x). Raises ValueError naming the first zero or non-finite row.
-    with_norms: also return the rows' float64 norms (following `order`).
+    with_norms: also return the rows' float64 norms, following the ranked order.
     """
     norms, sparsity = ops.prepare(x, order, offsets)
     if bool((~torch.isfinite(norms) | (norms == 0)).any()):
         raise_bad_row(x)
-    ranked = _sorted(x, order, sizes, rank, scores, seed, sparsity)
-    return (ranked, norms) if with_norms else ranked
+    perm = _perm(x, order, sizes, rank, scores, seed, sparsity)
+    return (order[perm], norms[perm]) if with_norms else order[perm]
 
 
-def _sorted(x, order, sizes, rank, scores, seed, sparsity):
+def _perm(x, order, sizes, rank, scores, seed, sparsity):
+    """The permutation of `order` that puts every identity in rank order."""
     ident = segment_ids(sizes, total=order.shape[0])
     if rank in ("sparsity", "centrality"):
         # scores are multiples of 2**-20 in [0, 2]: small integers, so that one
         # sort of (identity, key) packed into an int64 does what two stable sorts do
         k = torch.round(sparsity * 2.0 ** 20).long()
         key = (1 << 21) - k if rank == "sparsity" else k  # in [0, 2**21]
-        return order[stable_argsort(pack_keys(ident, key, 22, len(sizes)))]
+        return stable_argsort(pack_keys(ident, key, 22, len(sizes)))
     if rank == "random":
         key = random_key(x.shape[0], seed).to(x.device)[order].long()
         bits = max(1, int(x.shape[0] - 1).bit_length())
-        return order[stable_argsort(pack_keys(ident, (x.shape[0] - 1) - key, bits, len(sizes)))]
+        return stable_argsort(pack_keys(ident, (x.shape[0] - 1) - key, bits, len(sizes)))
     # Any float key: stable sorts by key descending, then by identity; within an
     # identity, rows start in ascending index order, so ties keep the smaller index.
     perm = stable_argsort(-scores[order])
-    perm = perm[stable_argsort(ident[perm])]
-    return order[perm]
+    return perm[stable_argsort(ident[perm])]
 
 
 def pack_keys(ident, key, bits, n_ident):

@@ -16,10 +16,12 @@ from .inputs import raise_bad_row
 class Runner:
     """Runs NMS passes, in chunks of identities when a progress bar is shown."""
 
-    def __init__(self, x, order, offsets, sizes, min_keep, progress, fuse=None):
+    def __init__(self, x, order, offsets, sizes, min_keep, progress, fuse=None, norms=None):
         # fuse: "sparsity" or "centrality" when `order` is not ranked yet; the
-        # first pass ranks it (rank_nms) and self.order becomes the rank order
+        # first pass ranks it (rank_nms) and self.order becomes the rank order.
+        # norms: float64 norms following `order` (from prepare), or None
         self.x, self.order, self.offsets, self.min_keep = x, order, offsets, min_keep
+        self.norms = norms
         self.fuse = fuse
         self.passes = 0
         self.bar = None
@@ -51,6 +53,8 @@ class Runner:
                 rk, bi, co, first_bad = ops.rank_nms(*args, centrality=self.fuse == "centrality")
                 ranked.append(rk)
                 bad = bad or int(first_bad) >= 0
+            elif self.norms is not None:
+                bi, co = ops.nms_with_norms(*args, self.norms[a:b])
             else:
                 bi, co = ops.nms(*args)
             bits.append(bi)

@@ -90,17 +90,20 @@ def select(features, labels, ratio=None, threshold=None, *, scores=None, rank=No
     timings = {"group": time.perf_counter() - t0}
 
     t1 = time.perf_counter()
-    fuse = ranking.fused(x, s.rank)
+    fuse, norms = ranking.fused(x, s.rank), None
     if n > 0 and not fuse:
-        ranked, norms = ranking.rank(x, order, offsets, sizes, s.rank, scores, s.seed,
-                                     with_norms=True)
-        if x.device.type == "cuda":  # norms follow `order`; float32_safe wants them by row
-            x = ranking.float32_safe(x, torch.empty_like(norms).index_copy_(0, order, norms))
-        order = ranked
+        order, norms = ranking.rank(x, order, offsets, sizes, s.rank, scores, s.seed,
+                                    with_norms=True)
+        if x.device.type == "cuda":  # the norms spare the kernels a read of the features
+            safe = ranking.float32_safe(x, torch.empty_like(norms).index_copy_(0, order, norms))
+            if safe is not x:  # rows rescaled: the kernels take their norms themselves
+                x, norms = safe, None
+        else:
+            norms = None
     timings["rank"] = time.perf_counter() - t1  # with fuse: inside the first pass
 
     t2 = time.perf_counter()
-    run = Runner(x, order, offsets, sizes, s.min_keep, progress, fuse)
+    run = Runner(x, order, offsets, sizes, s.min_keep, progress, fuse, norms)
     try:
         keep_pos, thr_used, per_thr = decide(
             run, s, n, sizes, x.device,
