@@ -10,11 +10,11 @@ import os
 from .base import FaceDataset, decode_image
 from .imagefolder import ImageFolderDataset, natural_key
 from .recdataset import RecordDataset, read_property, write_face_recordio
-from .recordio import IRHeader, RecordIO, RecordIOWriter, pack, unpack
+from .recordio import IRHeader, RecordIO, RecordIOWriter, build_index, pack, unpack
 
 __all__ = ["open_dataset", "FaceDataset", "ImageFolderDataset", "RecordDataset",
            "RecordIO", "RecordIOWriter", "IRHeader", "pack", "unpack", "read_property",
-           "write_face_recordio", "decode_image", "natural_key"]
+           "write_face_recordio", "decode_image", "natural_key", "build_index"]
 
 
 def open_dataset(path, require_property=False):
@@ -31,6 +31,9 @@ def open_dataset(path, require_property=False):
         rec = os.path.join(path, "train.rec")
         if os.path.isfile(rec):
             return RecordDataset(rec, require_property=require_property)
+        if os.path.exists(os.path.join(path, "train.idx")):
+            raise FileNotFoundError("%s has train.idx but no train.rec: the RecordIO data file "
+                                    "%s is missing" % (path, rec))
         return ImageFolderDataset(path)
     if path.endswith(".rec"):
         return RecordDataset(path, require_property=require_property)
