@@ -65,7 +65,7 @@ def run(args):
         where = export.write_imagefolder(args.out, ds, keep, mode=args.mode, verify=args.verify,
                                          progress=bar, inputs=inputs)
     else:
-        where = export.save_indices(args.out, keep, inputs=inputs)
+        where = export.save_indices(args.out, keep, inputs=inputs, dataset=ds)
     print("facenms export: %d of %d images (%.1f%%) as %s -> %s in %.1f s%s" % (
         len(keep), len(ds), 100 * len(keep) / max(1, len(ds)), args.format, where,
         time.perf_counter() - t, extra))

@@ -225,15 +225,7 @@ class RecordDataset(FaceDataset):
 
     def approx_bytes(self, indices):
         """Bytes the records of `indices` take in the .rec (from the .idx offsets)."""
-        order = np.argsort(self.rec.offsets, kind="stable")
-        ends = np.empty_like(self.rec.offsets)
-        ends[order[:-1]] = self.rec.offsets[order[1:]]
-        if len(order):
-            ends[order[-1]] = self.rec.size
-        sizes = ends - self.rec.offsets  # per .idx entry
-        pos = np.searchsorted(self.rec._skeys, self._keys[np.asarray(indices, dtype=np.int64)])
-        key_order = np.argsort(self.rec.keys, kind="stable")
-        return int(sizes[key_order[pos]].sum())
+        return int(self.rec.sizes(self._keys[np.asarray(indices, dtype=np.int64)]).sum())
 
     def name(self, i):
         return "rec:%d" % self.key(i)

@@ -212,6 +212,15 @@ class RecordIO:
             raise KeyError("record key %r is not in %s" % (key, self.idx_path))
         return int(self._soffsets[j])
 
+    def sizes(self, keys):
+        """Bytes each record of `keys` spans in the .rec (to the next record's offset)."""
+        so = np.sort(self._soffsets)
+        pos = np.searchsorted(self._skeys, np.asarray(keys, dtype=np.int64))
+        off = self._soffsets[np.minimum(pos, len(self._skeys) - 1)]
+        nxt = np.searchsorted(so, off, side="right")
+        ends = np.where(nxt < len(so), so[np.minimum(nxt, len(so) - 1)], self.size)
+        return ends - off
+
     def contains(self, keys):
         """Boolean array: which of `keys` the index has."""
         keys = np.asarray(keys, dtype=np.int64)

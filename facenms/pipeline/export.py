@@ -63,10 +63,13 @@ def _restate(e, final):
     return mapped
 
 
-def save_indices(path, keep, inputs=()):
-    """Kept indices as an int64 .npy file. inputs: files it must not replace (the keep file)."""
+def save_indices(path, keep, inputs=(), dataset=None):
+    """Kept indices as an int64 .npy file.
+
+    inputs (e.g. the keep file) and dataset's files are never replaced.
+    """
     keep = _keep_array(keep)
-    _guard([os.fspath(path)], None, inputs, 128 + 8 * len(keep))
+    _guard([os.fspath(path)], dataset, inputs, 128 + 8 * len(keep))
     with AtomicFiles() as out:
         np.save(out.open(path), keep)
     return os.fspath(path)
@@ -134,9 +137,9 @@ def write_lst(path, dataset, keep, shuffle=False, seed=0, verify="structure", pr
 def _rec_payload(dataset, i, verify="structure"):
     """The encoded bytes to store for face i, re-encoded as PNG if readers may not decode it."""
     data = dataset.read_bytes(i)
+    check_image(data, dataset.where(i), verify)
     fmt, _ = image_format(data, dataset.where(i))
     if fmt in _REC_FORMATS:
-        check_image(data, dataset.where(i), verify)
         return data, _REC_FORMATS[fmt]
     buf = io.BytesIO()
     Image.fromarray(decode_image(data, dataset.where(i))).save(buf, format="PNG")
