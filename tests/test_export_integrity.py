@@ -220,8 +220,9 @@ def over_input_cases(tmp_path):
 def test_outputs_never_replace_inputs(tmp_path, recset):
     keep = tmp_path / "keep.npy"
     ds = open_dataset(recset)
+    cases = over_input_cases(tmp_path)
     before = snapshot(tmp_path)
-    for fmt, out in over_input_cases(tmp_path):
+    for fmt, out in cases:
         with pytest.raises(ValueError, match="the input"):
             if fmt == "npy":
                 export.save_indices(out, np.load(keep), inputs=[keep], dataset=ds)
