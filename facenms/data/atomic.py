@@ -205,21 +205,31 @@ def _existing_ancestor(path):
     return p
 
 
-def check_writable(path, need_bytes=0, margin=1 << 20):
+def _oserror(code, msg):
+    """An OSError with errno `code` whose text is `msg` alone (one clean line for the CLI)."""
+    e = OSError(msg)
+    e.errno = code
+    return e
+
+
+def check_writable(path, need_bytes=0, margin=None):
     """Raise OSError naming `path` unless its nearest existing folder is writable with room.
 
-    need_bytes: the estimated size of what will be written (plus `margin`).
+    need_bytes: the estimated size of what will be written, plus `margin`
+    (default 1% + 64 KiB: file system overhead).
     """
+    if margin is None:
+        margin = (1 << 16) + need_bytes // 100
     path = os.fspath(path)
     d = _existing_ancestor(path)
     if not os.path.isdir(d):
         d = os.path.dirname(d)
     if not os.access(d, os.W_OK | os.X_OK):
-        raise OSError(errno.EACCES, "%s: cannot write there (%s is not writable)" % (path, d))
+        raise _oserror(errno.EACCES, "%s: cannot write there (%s is not writable)" % (path, d))
     st = os.statvfs(d)
     free = st.f_bavail * st.f_frsize
     if need_bytes and need_bytes + margin > free:
-        raise OSError(errno.ENOSPC, "%s: no space left: the output needs about %d bytes, "
+        raise _oserror(errno.ENOSPC, "%s: no space left: the output needs about %d bytes, "
                       "%s has %d free" % (path, need_bytes + margin, d, free))
     return free
 
@@ -227,10 +237,10 @@ def check_writable(path, need_bytes=0, margin=1 << 20):
 def user_error(e, final):
     """An OSError from writing a temporary, restated with the user's path."""
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return OSError(e.errno, "%s: no space left on device while writing it (nothing was "
+        return _oserror(e.errno, "%s: no space left on device while writing it (nothing was "
                        "changed)" % final)
     if isinstance(e, OSError) and e.errno in (errno.EROFS, errno.EACCES, errno.EIO):
-        return OSError(e.errno, "%s: %s while writing it (nothing was changed)"
+        return _oserror(e.errno, "%s: %s while writing it (nothing was changed)"
                        % (final, os.strerror(e.errno)))
     return None
 
