@@ -148,6 +148,8 @@ _INSTALLED = {}
 
 def _on_signal(signum, frame):
     for t in list(_OPEN):
+        if getattr(t, "_owner", None) != os.getpid():
+            continue  # a forked worker (DataLoader) must not remove its parent's temporaries
         try:
             t.abort()
         except Exception:  # pragma: no cover - best effort while dying
@@ -180,6 +182,7 @@ class Transaction:
 
     def _opened(self):
         _install_handlers()
+        self._owner = os.getpid()
         _OPEN.add(self)
 
     def _closed(self):
