@@ -331,3 +331,19 @@ def test_disk_full_during_the_write(tmp_path, small_disk, big, fmt):
     assert e.value.errno == errno.ENOSPC and msg.startswith(out + ": no space left"), msg
     assert ".tmp-" not in msg
     assert os.listdir(small_disk) == ["filler"]  # no temporaries, no half output, no new folder
+
+
+def test_sigterm_in_a_forked_worker_leaves_the_parent_alone(tmp_path):
+    # DataLoader workers are forks: their SIGTERM must not abort the parent's transactions
+    from facenms.data.atomic import AtomicFiles
+    out = AtomicFiles()
+    f = out.open(tmp_path / "a.bin")
+    f.write(b"x")
+    pid = os.fork()
+    if pid == 0:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os._exit(3)  # not reached: the signal's default action ends the child
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+    out.commit()
+    assert (tmp_path / "a.bin").read_bytes() == b"x"
