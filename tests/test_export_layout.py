@@ -119,3 +119,12 @@ def test_cli_prints_num_classes_and_num_image(tmp_path, src):
     n_cls = len(np.unique(open_dataset(src).labels[:5]))
     assert "num_classes = %d\nnum_image = 5\n" % n_cls in r.stdout
     assert "arcface_torch config: %s" % (tmp_path / "core" / "arcface_config.py") in r.stdout
+
+
+def test_a_folder_of_folders_is_not_replaced(tmp_path, src):
+    d = tmp_path / "data"
+    (d / "ms1m").mkdir(parents=True)
+    (d / "ms1m" / "x").write_text("x")
+    with pytest.raises(FileExistsError, match="holds folders .*ms1m.*not a RecordIO export"):
+        export.write_recordio(d, open_dataset(src), [0, 1])
+    assert sorted(os.listdir(tmp_path)) == ["data"] and os.listdir(d) == ["ms1m"]

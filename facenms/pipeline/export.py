@@ -230,6 +230,12 @@ def write_recordio(out, dataset, keep, layout="im2rec", shuffle=False, seed=0,
     need = (dataset.approx_bytes(keep) + 48 * len(keep) + sum(os.path.getsize(b) for b in bins))
     outputs = [out] if as_dir else [rec, idxp, prop, mapp, labels_sidecar_path(rec)]
     _guard(outputs, dataset, inputs, need)
+    if as_dir and os.path.isdir(out):
+        sub = sorted(e.name for e in os.scandir(out) if e.is_dir(follow_symlinks=False))
+        if sub:
+            # replacing a folder that holds folders could be replacing something else entirely
+            raise FileExistsError("%s holds folders (%s): not a RecordIO export; choose a new or "
+                                  "empty output folder" % (out, ", ".join(sub[:3])))
     idx, old, new = _order(dataset, keep, shuffle, seed)
     d = AtomicDir(out, overwrite=True, keep_others=lambda n: not _export_owned(n)) \
         if as_dir else None
