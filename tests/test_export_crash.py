@@ -307,7 +307,7 @@ def test_full_disk_is_refused_before_the_work(tmp_path, small_disk, big):
     assert e.value.errno == errno.ENOSPC and seen == []  # before a single image was read
 
 
-@pytest.mark.parametrize("fmt", ["dir", "rec", "folder"])
+@pytest.mark.parametrize("fmt", ["dir", "rec", "folder", "lst"])
 def test_disk_full_during_the_write(tmp_path, small_disk, big, fmt):
     ds = open_dataset(big)
     keep = np.arange(10)  # fits the check before the work...
@@ -323,8 +323,10 @@ def test_disk_full_during_the_write(tmp_path, small_disk, big, fmt):
                     except OSError:
                         pass
             yield i
-    out = os.path.join(small_disk, dict(dir="core", rec="sub/core.rec", folder="tree")[fmt])
-    writer = export.write_imagefolder if fmt == "folder" else export.write_recordio
+    out = os.path.join(small_disk, dict(dir="core", rec="sub/core.rec", folder="tree",
+                                        lst="core.lst")[fmt])
+    writer = dict(folder=export.write_imagefolder, lst=export.write_lst).get(
+        fmt, export.write_recordio)
     with pytest.raises(OSError) as e:
         writer(out, ds, keep, progress=fill_the_disk)
     msg = str(e.value)

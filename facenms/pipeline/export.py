@@ -70,8 +70,14 @@ def save_indices(path, keep, inputs=(), dataset=None):
     """
     keep = _keep_array(keep)
     _guard([os.fspath(path)], dataset, inputs, 128 + 8 * len(keep))
-    with AtomicFiles() as out:
-        np.save(out.open(path), keep)
+    try:
+        with AtomicFiles() as out:
+            np.save(out.open(path), keep)
+    except OSError as e:
+        mapped = _restate(e, os.fspath(path))
+        if mapped is not None:
+            raise mapped from None
+        raise
     return os.fspath(path)
 
 
