@@ -7,6 +7,7 @@
 """
 import os
 
+from .atomic import recover
 from .base import FaceDataset, decode_image
 from .imagefolder import ImageFolderDataset, natural_key
 from .recdataset import RecordDataset, read_property, write_face_recordio
@@ -25,6 +26,8 @@ def open_dataset(path, require_property=False):
     - any other directory -> ImageFolderDataset (one folder per identity).
     """
     path = os.fspath(path)
+    # a folder swap that a dead process left half done (only where renameat2 is missing)
+    recover(os.path.dirname(os.path.abspath(path)))
     if not os.path.exists(path):
         raise FileNotFoundError("dataset %s not found" % path)
     if os.path.isdir(path):

@@ -8,7 +8,8 @@ moved into place:
 
 - AtomicDir builds a whole directory and swaps it in with one rename
   (renameat2(RENAME_EXCHANGE) on Linux when the directory exists): every
-  reader, facenms or not, sees the old tree or the new one.
+  reader, facenms or not, sees the old tree or the new one. Where the system
+  or file system lacks it, the old tree is moved aside under a journal.
 - AtomicFiles commits a group of files in one directory. The renames cannot
   be one system call, so a journal listing them is written (and fsync'ed)
   first and removed last; a process that dies in between leaves the journal,
@@ -276,6 +277,33 @@ def exchange(a, b):
 
 # -- groups of files -----------------------------------------------------------------
 
+def _move_in(tmp, final):
+    """Rename tmp to final; a directory in the way is moved aside and removed after."""
+    aside = None
+    if os.path.isdir(tmp) and os.path.isdir(final) and not os.path.islink(final):
+        aside = temp_name(final)
+        os.replace(final, aside)
+    os.replace(tmp, final)
+    if aside is not None:
+        _remove(aside)
+
+
+def _write_journal(directory, pairs):
+    """The renames to finish if this process dies: written and fsync'ed before the first."""
+    journal = _journal_path(directory)
+    try:
+        with open(journal, "w") as f:
+            json.dump([[os.path.basename(t), os.path.basename(fi)] for t, fi in pairs], f)
+            f.flush()
+            os.fsync(f.fileno())
+        fsync_dir(directory)
+    except BaseException:
+        if os.path.lexists(journal):
+            os.remove(journal)
+        raise
+    return journal
+
+
 def _journal_path(directory):
     return os.path.join(directory, ".facenms-commit-%d-%s-%s.json"
                         % (os.getpid(), _HOST, uuid.uuid4().hex[:8]))
@@ -310,7 +338,7 @@ def recover(directory):
             for tmp, final in pairs:
                 tmp, final = os.path.join(directory, tmp), os.path.join(directory, final)
                 if os.path.lexists(tmp):
-                    os.replace(tmp, final)
+                    _move_in(tmp, final)
                     done.append(final)
             fsync_dir(directory)
             os.remove(path)
@@ -387,17 +415,9 @@ class AtomicFiles(Transaction):
         for d, pairs in by_dir.items():
             journal = None
             if len(pairs) > 1:
-                journal = _journal_path(d)
                 try:
-                    with open(journal, "w") as f:
-                        json.dump([[os.path.basename(t), os.path.basename(fi)]
-                                   for t, fi in pairs], f)
-                        f.flush()
-                        os.fsync(f.fileno())
-                    fsync_dir(d)
+                    journal = _write_journal(d, pairs)
                 except OSError as e:
-                    if os.path.lexists(journal):
-                        os.remove(journal)
                     self.abort()
                     raise user_error(e, pairs[0][1]) or e
             # past the journal the group is decided: what is left is finished by recover()
@@ -500,11 +520,11 @@ class AtomicDir(Transaction):
                 exchange(self.tmp, self.final)  # one step: readers see old or new
                 old = self.tmp
             except OSError:
-                # no renameat2 here: move aside, then in; a crash between the two leaves
-                # the old tree under a hidden name, removed as stale by the next run
-                old = temp_name(self.final)
-                os.replace(self.final, old)
-                os.replace(self.tmp, self.final)
+                # no renameat2 here (or not on this file system): move aside, then in, under
+                # a journal, so the next open or run finishes a swap a crash cut in two
+                journal = _write_journal(parent, [(self.tmp, self.final)])
+                _move_in(self.tmp, self.final)
+                os.remove(journal)
         else:
             os.replace(self.tmp, self.final)
         fsync_dir(parent)
