@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from facenms.data import RecordIO, open_dataset, synthetic, unpack, write_face_recordio
+from facenms.data import RecordIO, open_dataset, synthetic, unpack
 from facenms.data.recdataset import labels_sidecar_path
 from facenms.eval.verification import load_bin, write_bin
 from facenms.pipeline import export

@@ -37,7 +37,8 @@ def _check_jpeg(data):
         if pos + 4 > len(data):
             return "JPEG cut off in its headers at byte %d" % pos
         if data[pos] != 0xFF:
-            return "JPEG header damaged at byte %d (0x%02x where a marker should be)" % (pos, data[pos])
+            return ("JPEG header damaged at byte %d (0x%02x where a marker should be)"
+                    % (pos, data[pos]))
         marker = data[pos + 1]
         if marker == 0xFF:  # fill byte
             pos += 1
