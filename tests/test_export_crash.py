@@ -356,3 +356,15 @@ def test_sigterm_in_a_forked_worker_leaves_the_parent_alone(tmp_path):
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
     out.commit()
     assert (tmp_path / "a.bin").read_bytes() == b"x"
+
+
+def test_read_only_output_is_refused_before_the_work(tmp_path, small_disk, big):
+    if subprocess.run(["mount", "-o", "remount,ro", small_disk]).returncode != 0:
+        pytest.skip("cannot remount read-only here")
+    np.save(tmp_path / "keep.npy", np.arange(3))
+    out = os.path.join(small_disk, "core")
+    r = subprocess.run([sys.executable, "-m", "facenms", "export", "--dataset", str(big),
+                        "--keep", str(tmp_path / "keep.npy"), "--out", out],
+                       capture_output=True, text=True, env=env())
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert "%s: cannot write there (%s is not writable)" % (out, small_disk) in r.stderr
