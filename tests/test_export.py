@@ -60,12 +60,17 @@ def test_bad_keep(tmp_path, folder, keep, err):
 
 
 def test_write_lst(tmp_path, folder, rec):
-    export.write_lst(tmp_path / "a.lst", folder, [0, 3])
+    # dense index 0..n-1 (im2rec's keys) and labels renumbered as the RecordIO export does
+    keep = [len(folder) - 1, 0, 3]
+    export.write_lst(tmp_path / "a.lst", folder, keep)
     lines = (tmp_path / "a.lst").read_text().splitlines()
-    assert lines == ["0\t%d\t%s" % (folder.labels[0], folder.name(0)),
-                     "3\t%d\t%s" % (folder.labels[3], folder.name(3))]
+    old = np.unique(folder.labels[keep])
+    order = sorted(keep, key=lambda i: (folder.labels[i], i))
+    assert lines == ["%d\t%d\t%s" % (j, np.searchsorted(old, folder.labels[i]), folder.name(i))
+                     for j, i in enumerate(order)]
+    assert np.load(tmp_path / "a.label_map.npy").tolist() == [[o, n] for n, o in enumerate(old)]
     export.write_lst(tmp_path / "b.lst", rec, np.array([2]))
-    assert (tmp_path / "b.lst").read_text() == "2\t%d\trec:3\n" % rec.labels[2]
+    assert (tmp_path / "b.lst").read_text() == "0\t0\trec:3\n"
 
 
 @pytest.mark.parametrize("source", ["folder", "rec"])
@@ -73,8 +78,9 @@ def test_write_recordio_renumbers(tmp_path, request, source):
     ds = request.getfixturevalue(source)
     drop = ds.labels == 1  # identity 1 loses every face: labels above it shift down
     keep = np.flatnonzero(~drop)[::-1][::2].copy()  # any order in, grouped out
-    paths = export.write_recordio(tmp_path / "sub", ds, keep)
-    assert sorted(os.listdir(tmp_path / "sub")) == ["label_map.npy", "property", "train.idx",
+    paths = export.write_recordio(tmp_path / "sub", ds, keep, layout="insightface")
+    assert sorted(os.listdir(tmp_path / "sub")) == ["arcface_config.py", "label_map.npy",
+                                                     "property", "train.idx", "train.labels.npz",
                                                      "train.rec"]
     order = np.sort(keep)
     old = np.unique(ds.labels[order])
@@ -101,7 +107,7 @@ def test_write_recordio_im2rec_layout_and_rec_path(tmp_path, folder):
     keep = np.arange(0, len(folder), 3)
     paths = export.write_recordio(tmp_path / "out" / "core.rec", folder, keep, layout="im2rec")
     assert sorted(os.listdir(tmp_path / "out")) == ["core.idx", "core.label_map.npy",
-                                                     "core.rec", "property"]
+                                                     "core.labels.npz", "core.rec", "property"]
     back = open_dataset(paths["rec"])
     assert back.layout == "im2rec" and len(back) == len(keep)
     assert [back.read_bytes(i) for i in range(len(back))] == \
@@ -229,5 +235,6 @@ def test_killed_export_leaves_no_final_output(tmp_path, folder):
     finally:
         proc.kill()
         proc.wait()
-    left = os.listdir(tmp_path / "out")
-    assert left and all(f.startswith(".") and ".tmp-" in f for f in left), left
+    # the export is built in a hidden sibling folder: nothing under the final name
+    left = [f for f in os.listdir(tmp_path) if f != "marker"]
+    assert left and all(f.startswith(".out.tmp-") for f in left), left

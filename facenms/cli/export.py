@@ -10,8 +10,20 @@ def add(sub):
                    help="image folder, or insightface RecordIO (train.rec or its folder)")
     e.add_argument("--keep", required=True, help=".npy of kept indices (from select)")
     e.add_argument("--format", choices=["recordio", "lst", "folder", "npy"], default="recordio")
-    e.add_argument("--layout", choices=["insightface", "im2rec"], default="insightface",
-                   help="RecordIO layout (insightface: header and identity records)")
+    e.add_argument("--layout", choices=["im2rec", "insightface"], default="im2rec",
+                   help="RecordIO layout. im2rec (default): keys 0..n-1, read by MXFaceDataset, "
+                        "mx.io.ImageRecordIter and DALI. insightface: header and identity "
+                        "records, for tools that need them (DALI and ImageRecordIter cannot "
+                        "read it)")
+    e.add_argument("--shuffle", action="store_true",
+                   help="RecordIO/.lst: records in a seeded random order (DALI wants a shuffled "
+                        ".rec); default: grouped by identity")
+    e.add_argument("--seed", type=int, default=0, help="seed of --shuffle")
+    e.add_argument("--verify", choices=["structure", "decode", "none"], default="structure",
+                   help="check every exported image: structure (JPEG markers, PNG chunks and "
+                        "CRCs; default), decode (also a full decode), none")
+    e.add_argument("--no-bins", action="store_true",
+                   help="do not copy the verification *.bin files beside the source train.rec")
     e.add_argument("--mode", choices=["symlink", "copy"], default="symlink",
                    help="image-folder export: link or copy the images")
     e.add_argument("--out", required=True, help="output folder or file")
@@ -20,7 +32,12 @@ def add(sub):
 
 def run(args):
     from ..data import open_dataset
+    from ..data.atomic import check_not_inputs, check_writable
     from ..pipeline import export
+    # before opening the dataset (reading 42M labels can take minutes): the output must be
+    # writable and must not be one of the inputs; the export checks the rest, with sizes
+    check_not_inputs([args.out], [args.dataset, args.keep])
+    check_writable(args.out)
     ds = open_dataset(args.dataset)
     keep = load_array(args.keep, "keep", mmap=False)
     bar = None
@@ -30,14 +47,30 @@ def run(args):
         def bar(it):
             return tqdm(it, total=len(keep), unit="img", desc="export", leave=False)
     t = time.perf_counter()
+    inputs = [args.keep]
+    extra = ""
     if args.format == "recordio":
-        where = export.write_recordio(args.out, ds, keep, layout=args.layout, progress=bar)["rec"]
+        res = export.write_recordio(args.out, ds, keep, layout=args.layout, shuffle=args.shuffle,
+                                    seed=args.seed, verify=args.verify,
+                                    copy_bins=not args.no_bins, progress=bar, inputs=inputs)
+        where = res["rec"]
+        extra = "\nnum_classes = %d\nnum_image = %d" % (res["num_classes"], res["num_image"])
+        if res["bins"]:
+            extra += "\nverification files: %s" % ", ".join(res["bins"])
+        if res.get("config"):
+            extra += "\narcface_torch config: %s" % res["config"]
     elif args.format == "lst":
-        where = export.write_lst(args.out, ds, keep, progress=bar)
+        where = export.write_lst(args.out, ds, keep, shuffle=args.shuffle, seed=args.seed,
+                                 verify=args.verify, progress=bar, inputs=inputs)
+        root = getattr(ds, "root", None)
+        if root:
+            extra = ("\nnext: python -m mxnet.tools.im2rec --pass-through %s %s"
+                     % (where[:-4] if where.endswith(".lst") else where, root))
     elif args.format == "folder":
-        where = export.write_imagefolder(args.out, ds, keep, mode=args.mode, progress=bar)
+        where = export.write_imagefolder(args.out, ds, keep, mode=args.mode, verify=args.verify,
+                                         progress=bar, inputs=inputs)
     else:
-        where = export.save_indices(args.out, keep)
-    print("facenms export: %d of %d images (%.1f%%) as %s -> %s in %.1f s" % (
+        where = export.save_indices(args.out, keep, inputs=inputs, dataset=ds)
+    print("facenms export: %d of %d images (%.1f%%) as %s -> %s in %.1f s%s" % (
         len(keep), len(ds), 100 * len(keep) / max(1, len(ds)), args.format, where,
-        time.perf_counter() - t))
+        time.perf_counter() - t, extra))

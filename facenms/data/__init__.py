@@ -7,14 +7,15 @@
 """
 import os
 
+from .atomic import recover
 from .base import FaceDataset, decode_image
 from .imagefolder import ImageFolderDataset, natural_key
 from .recdataset import RecordDataset, read_property, write_face_recordio
-from .recordio import IRHeader, RecordIO, RecordIOWriter, pack, unpack
+from .recordio import IRHeader, RecordIO, RecordIOWriter, build_index, pack, unpack
 
 __all__ = ["open_dataset", "FaceDataset", "ImageFolderDataset", "RecordDataset",
            "RecordIO", "RecordIOWriter", "IRHeader", "pack", "unpack", "read_property",
-           "write_face_recordio", "decode_image", "natural_key"]
+           "write_face_recordio", "decode_image", "natural_key", "build_index"]
 
 
 def open_dataset(path, require_property=False):
@@ -25,12 +26,17 @@ def open_dataset(path, require_property=False):
     - any other directory -> ImageFolderDataset (one folder per identity).
     """
     path = os.fspath(path)
+    # a folder swap that a dead process left half done (only where renameat2 is missing)
+    recover(os.path.dirname(os.path.abspath(path)))
     if not os.path.exists(path):
         raise FileNotFoundError("dataset %s not found" % path)
     if os.path.isdir(path):
         rec = os.path.join(path, "train.rec")
         if os.path.isfile(rec):
             return RecordDataset(rec, require_property=require_property)
+        if os.path.exists(os.path.join(path, "train.idx")):
+            raise FileNotFoundError("%s has train.idx but no train.rec: the RecordIO data file "
+                                    "%s is missing" % (path, rec))
         return ImageFolderDataset(path)
     if path.endswith(".rec"):
         return RecordDataset(path, require_property=require_property)

@@ -1,5 +1,7 @@
 """The interface every face dataset offers (image folders, RecordIO)."""
 import io
+import struct
+import zlib
 
 import numpy as np
 import torch
@@ -24,6 +26,82 @@ def image_format(data, where):
             return img.format, (img.height, img.width)
     except Exception as e:
         raise ValueError("%s: not a readable image (%s: %s)" % (where, type(e).__name__, e)) from None
+
+
+def _check_jpeg(data):
+    if not data.startswith(b"\xff\xd8"):
+        return "JPEG without its SOI marker"
+    # walk the marker segments up to the scan: each length must stay inside the file
+    pos = 2
+    while True:
+        if pos + 4 > len(data):
+            return "JPEG cut off in its headers at byte %d" % pos
+        if data[pos] != 0xFF:
+            return ("JPEG header damaged at byte %d (0x%02x where a marker should be)"
+                    % (pos, data[pos]))
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xD9:
+            return "JPEG ends (EOI) before any image data"
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            pos += 2
+            continue
+        seg = struct.unpack_from(">H", data, pos + 2)[0]
+        if seg < 2 or pos + 2 + seg > len(data):
+            return "JPEG segment 0x%02x at byte %d runs past the end (truncated)" % (marker, pos)
+        pos += 2 + seg
+        if marker == 0xDA:
+            break
+    if not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+        return "JPEG without its EOI marker (truncated)"
+    return None
+
+
+def _check_png(data):
+    pos = 8
+    while True:
+        if pos + 12 > len(data):
+            return "PNG truncated at byte %d (no IEND chunk)" % pos
+        length, ctype = struct.unpack_from(">I4s", data, pos)
+        end = pos + 12 + length
+        if end > len(data):
+            return "PNG chunk %r at byte %d runs past the end (truncated)" % (ctype, pos)
+        crc = struct.unpack_from(">I", data, end - 4)[0]
+        if zlib.crc32(data[pos + 4:end - 4]) != crc:
+            return "PNG chunk %r at byte %d fails its CRC" % (ctype, pos)
+        if ctype == b"IEND":
+            return None
+        pos = end
+
+
+def check_image(data, where, verify="structure"):
+    """Raise ValueError naming `where` unless `data` is a whole image.
+
+    verify="structure" (cheap, no decoding): JPEG SOI, marker segments and
+    EOI; PNG chunks, their CRCs and IEND; BMP size field. verify="decode":
+    that, and a full decode. verify="none": nothing.
+    """
+    if verify == "none":
+        return
+    if verify not in ("structure", "decode"):
+        raise ValueError("verify must be 'none', 'structure' or 'decode', got %r" % (verify,))
+    data = bytes(data)
+    err = None
+    if data.startswith(b"\xff\xd8"):
+        err = _check_jpeg(data)
+    elif data.startswith(b"\x89PNG\r\n\x1a\n"):
+        err = _check_png(data)
+    elif data.startswith(b"BM") and len(data) >= 6:
+        if struct.unpack_from("<I", data, 2)[0] > len(data):
+            err = "BMP shorter than its header says (truncated)"
+    else:
+        image_format(data, where)  # another format: at least its header must parse
+    if err is not None:
+        raise ValueError("%s: %s" % (where, err))
+    if verify == "decode":
+        decode_image(data, where)
 
 
 class FaceDataset(torch.utils.data.Dataset):
@@ -60,6 +138,18 @@ class FaceDataset(torch.utils.data.Dataset):
     def where(self, i):
         """Face i's location for error messages: the file and the record."""
         return self.name(i)
+
+    def files(self):
+        """The files this dataset reads (outputs must never replace them)."""
+        return []
+
+    def trees(self):
+        """Folders whose whole content is the dataset (nothing may be written inside)."""
+        return []
+
+    def approx_bytes(self, indices):
+        """About how many bytes the encoded images of `indices` take."""
+        return sum(len(self.read_bytes(int(i))) for i in indices)
 
     def decode(self, i):
         """Face i as an H x W x 3 uint8 RGB array."""

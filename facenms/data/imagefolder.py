@@ -60,3 +60,9 @@ class ImageFolderDataset(FaceDataset):
 
     def where(self, i):
         return self.path(i)
+
+    def trees(self):
+        return [self.root]
+
+    def approx_bytes(self, indices):
+        return sum(os.path.getsize(os.path.join(self.root, self._paths[int(i)])) for i in indices)

@@ -19,10 +19,11 @@ require the header record's payload to be empty. Identity records are optional
 come from the image headers, one small read per image.
 """
 import os
+import warnings
 
 import numpy as np
 
-from .atomic import AtomicFiles
+from .atomic import AtomicFiles, recover
 from .base import FaceDataset, image_format
 from .recordio import IRHeader, RecordIO, RecordIOWriter, default_idx_path, pack, unpack
 
@@ -30,19 +31,31 @@ F32_EXACT = 1 << 24  # float32 holds every integer up to here, and not all beyon
 
 
 def read_property(directory):
-    """(num_classes, h, w) from `directory/property`."""
+    """(num_classes, h, w) from the first line of `directory/property`.
+
+    insightface writes `num_classes,h,w`; its pip RecBuilder adds a second line
+    with the image count and rec2shufrec.py writes four: only the first counts.
+    """
     path = os.path.join(os.fspath(directory), "property")
     try:
         with open(path) as f:
-            text = f.read().strip()
+            text = f.read()
     except FileNotFoundError:
         raise FileNotFoundError("%s not found: insightface datasets keep `num_classes,h,w` "
                                 "there" % path) from None
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    first = lines[0] if lines else ""
     try:
-        c, h, w = (int(v) for v in text.split(","))
+        c, h, w = (int(v) for v in first.split(","))
     except ValueError:
-        raise ValueError("%s: expected `num_classes,h,w`, got %r" % (path, text[:80])) from None
+        raise ValueError("%s: expected `num_classes,h,w` on the first line, got %r"
+                         % (path, first[:80])) from None
     return c, h, w
+
+
+def labels_sidecar_path(rec_path):
+    """Where write_face_recordio keeps the labels beside a .rec: train.rec -> train.labels.npz."""
+    return default_idx_path(rec_path)[:-4] + ".labels.npz"
 
 
 def _label0(header):
@@ -60,12 +73,22 @@ class RecordDataset(FaceDataset):
 
     require_property=True makes a missing `property` file an error (it gives
     num_classes and the image size, which insightface's training needs).
+
+    Labels come from a `train.labels.npz` sidecar when one matches the .idx
+    (facenms writes it; reading 42M image headers takes minutes), else from
+    the identity records or the image headers. Every image read checks its own
+    header label against `labels`: insightface trains on that one.
     """
 
     def __init__(self, rec_path, idx_path=None, require_property=False):
         self.rec_path = os.fspath(rec_path)
-        self.rec = RecordIO(self.rec_path, idx_path)
         directory = os.path.dirname(os.path.abspath(self.rec_path))
+        recover(directory)  # a group commit a dead process left half done
+        self.rec = RecordIO(self.rec_path, idx_path)
+        if len(self.rec) == 0:
+            raise ValueError("%s: the dataset has no images (%s is empty)"
+                             % (self.rec_path, self.rec.idx_path))
+        self.labels_source = None
         prop = None
         if require_property or os.path.exists(os.path.join(directory, "property")):
             prop = read_property(directory)
@@ -83,6 +106,30 @@ class RecordDataset(FaceDataset):
 
     # -- layout detection and labels -------------------------------------------------
 
+    def _sidecar(self, layout, n):
+        """Labels from a matching sidecar, or None (a stale one is reported and ignored)."""
+        path = labels_sidecar_path(self.rec_path)
+        if not os.path.isfile(path):
+            return None
+        try:
+            with np.load(path) as z:
+                meta = {k: z[k] for k in ("layout", "idx_crc", "idx_bytes", "rec_bytes")}
+                tie = (str(meta["layout"]), int(meta["idx_crc"]), int(meta["idx_bytes"]),
+                       int(meta["rec_bytes"]))
+                if tie != (layout, self.rec.idx_crc, self.rec.idx_bytes, self.rec.size):
+                    warnings.warn("%s does not match %s (written for another .idx/.rec); "
+                                  "reading the labels from the records" % (path, self.rec.idx_path))
+                    return None
+                labels = z["labels"].astype(np.int64)
+        except (OSError, ValueError, KeyError) as e:
+            warnings.warn("%s unreadable (%s); reading the labels from the records" % (path, e))
+            return None
+        if len(labels) != n or (n and labels.min() < 0):
+            warnings.warn("%s holds %d labels for %d images; ignored" % (path, len(labels), n))
+            return None
+        self.labels_source = path
+        return labels
+
     def _scan(self):
         if len(self.rec) == 0 or not self.rec.contains(np.array([0]))[0]:
             return self._scan_im2rec()
@@ -93,6 +140,10 @@ class RecordDataset(FaceDataset):
         if a < 1:
             raise ValueError("%s: header record 0 says the images are keys 1..%d"
                              % (self.rec_path, a - 1))
+        if a - 1 > len(self.rec):
+            raise ValueError("%s: header record 0 says the images are keys 1..%d, but %s lists "
+                             "only %d records: a damaged header or the wrong .idx"
+                             % (self.rec_path, a - 1, self.rec.idx_path, len(self.rec)))
         keys = np.arange(1, a, dtype=np.int64)
         missing = np.flatnonzero(~self.rec.contains(keys))
         if missing.size:
@@ -100,7 +151,9 @@ class RecordDataset(FaceDataset):
                              "in %s" % (self.rec_path, a - 1, keys[missing[0]], self.rec.idx_path))
         # label[1] is the end of the identity records in insightface's own files; some
         # converters store the class count there and write no identity records at all
-        labels = None
+        labels = self._sidecar("insightface", a - 1)
+        if labels is not None:
+            return "insightface", keys, labels
         b = int(header.label[1]) if header.flag >= 2 and np.isfinite(header.label[1]) else 0
         if b > a and self.rec.contains(np.arange(a, b, dtype=np.int64)).all():
             labels = self._labels_from_identities(a, b)
@@ -128,18 +181,23 @@ class RecordDataset(FaceDataset):
                 return None
             labels[s - 1:e - 1] = c
             prev = e
-        return labels if prev == a else None
+        if prev != a:
+            return None
+        self.labels_source = "identity records"
+        return labels
 
     def _labels_from_headers(self, keys):
         labels = np.empty(len(keys), dtype=np.int64)
         for i, key in enumerate(keys):
             labels[i] = _as_int(_label0(self.rec.read_header(int(key))),
                                 "%s record key %d" % (self.rec_path, key))
+        self.labels_source = "image headers"
         return labels
 
     def _scan_im2rec(self):
         keys = self.rec.keys.copy()
-        return "im2rec", keys, self._labels_from_headers(keys)
+        labels = self._sidecar("im2rec", len(keys))
+        return "im2rec", keys, labels if labels is not None else self._labels_from_headers(keys)
 
     # -- FaceDataset -----------------------------------------------------------------
 
@@ -147,8 +205,27 @@ class RecordDataset(FaceDataset):
         return int(self._keys[self._check_index(i)])
 
     def read_bytes(self, i):
-        key = self.key(i)
-        return self.rec.unpack_key(self.rec.read(key), key)[1]
+        i = self._check_index(i)
+        key = int(self._keys[i])
+        header, payload = self.rec.unpack_key(self.rec.read(key), key)
+        got = _label0(header)
+        if got != self.labels[i]:
+            # swapped .idx offsets, an edited header or a stale sidecar: the header is what
+            # insightface trains on, so the two must agree
+            raise ValueError("%s record key %d: the image's header label is %r but the dataset's "
+                             "label (%s) is %d" % (self.rec_path, key, got,
+                                                   self.labels_source or "identity records",
+                                                   self.labels[i]))
+        return payload
+
+    def files(self):
+        out = [self.rec_path, self.rec.idx_path, labels_sidecar_path(self.rec_path)]
+        prop = os.path.join(os.path.dirname(os.path.abspath(self.rec_path)), "property")
+        return [p for p in out + [prop] if os.path.exists(p)]
+
+    def approx_bytes(self, indices):
+        """Bytes the records of `indices` take in the .rec (from the .idx offsets)."""
+        return int(self.rec.sizes(self._keys[np.asarray(indices, dtype=np.int64)]).sum())
 
     def name(self, i):
         return "rec:%d" % self.key(i)
@@ -158,7 +235,7 @@ class RecordDataset(FaceDataset):
 
 
 def write_face_recordio(rec_path, labels, payloads, num_classes=None, image_size=None,
-                        layout="insightface", files=None):
+                        layout="insightface", files=None, labels_sidecar=True):
     """Write images as a face RecordIO dataset: rec, idx and `property` beside them.
 
     labels: dense identity labels in [0, num_classes), non-decreasing for the
@@ -167,6 +244,9 @@ def write_face_recordio(rec_path, labels, payloads, num_classes=None, image_size
     image_size: (h, w) for `property`; default: the first image's size.
     files: an AtomicFiles to register the outputs with (the caller commits);
     by default they are committed here when everything has been written.
+    labels_sidecar: also write <prefix>.labels.npz (the labels, tied to the
+    .idx by its CRC and size), which RecordDataset reads instead of every
+    image header.
     """
     if layout not in ("insightface", "im2rec"):
         raise ValueError("layout must be 'insightface' or 'im2rec', got %r" % (layout,))
@@ -205,6 +285,10 @@ def write_face_recordio(rec_path, labels, payloads, num_classes=None, image_size
             starts = np.searchsorted(labels, np.arange(c + 1)) + 1
             for k in range(c):
                 w.write(n + 1 + k, pack(IRHeader(2, [starts[k], starts[k + 1]], n + 1 + k, 0), b""))
+        if labels_sidecar:
+            np.savez(files.open(labels_sidecar_path(rec_path)), labels=labels,
+                     layout=np.array(layout), idx_crc=np.int64(w.idx_crc),
+                     idx_bytes=np.int64(w.idx_bytes), rec_bytes=np.int64(w.rec_bytes))
         h, wd = image_size if image_size is not None else (0, 0)
         prop = os.path.join(os.path.dirname(os.path.abspath(os.fspath(rec_path))), "property")
         with files.open(prop, "w") as f:

@@ -24,6 +24,7 @@ position of the record's first frame in the .rec file.
 import os
 import struct
 import warnings
+import zlib
 from collections import namedtuple
 
 import numpy as np
@@ -116,14 +117,15 @@ def default_idx_path(rec_path):
 
 
 def _read_idx(idx_path):
-    """(keys, offsets) as int64 arrays, in file order."""
+    """(keys, offsets, crc32 of the file, its size), keys and offsets int64 in file order."""
     try:
         with open(idx_path, "rb") as f:
             raw = f.read()
     except FileNotFoundError:
+        rec = idx_path[:-4] + ".rec" if idx_path.endswith(".idx") else "FILE.rec"
         raise FileNotFoundError("RecordIO index %s not found (it lists `key\\toffset` "
-                                "per record; mxnet's im2rec writes it beside the .rec)"
-                                % idx_path) from None
+                                "per record); rebuild it from the .rec with `facenms index %s`"
+                                % (idx_path, rec)) from None
     lines = raw.count(b"\n") + (1 if raw and not raw.endswith(b"\n") else 0)
     try:
         # fromstring parses tens of millions of lines without a Python object per token
@@ -136,7 +138,7 @@ def _read_idx(idx_path):
         raise ValueError("%s: malformed index, expected one `key\\toffset` line of two "
                          "integers per record" % idx_path)
     pairs = vals.reshape(-1, 2)
-    return pairs[:, 0].copy(), pairs[:, 1].copy()
+    return pairs[:, 0].copy(), pairs[:, 1].copy(), zlib.crc32(raw), len(raw)
 
 
 class RecordIO:
@@ -154,8 +156,12 @@ class RecordIO:
         self.idx_path = os.fspath(idx_path) if idx_path is not None else default_idx_path(rec_path)
         if not os.path.isfile(self.rec_path):
             raise FileNotFoundError("RecordIO file %s not found" % self.rec_path)
-        self.keys, self.offsets = _read_idx(self.idx_path)
+        self.keys, self.offsets, self.idx_crc, self.idx_bytes = _read_idx(self.idx_path)
         self.size = os.path.getsize(self.rec_path)
+        if len(self.keys) == 0 and self.size > 0:
+            raise ValueError("%s: the RecordIO index is empty (0 records) but %s holds %d bytes; "
+                             "an interrupted write? Rebuild it with `facenms index %s`"
+                             % (self.idx_path, self.rec_path, self.size, self.rec_path))
         bad = np.flatnonzero((self.offsets < 0) | (self.offsets + _FRAME.size > self.size))
         if bad.size:
             i = int(bad[0])
@@ -205,6 +211,15 @@ class RecordIO:
         if j >= len(self._skeys) or self._skeys[j] != key:
             raise KeyError("record key %r is not in %s" % (key, self.idx_path))
         return int(self._soffsets[j])
+
+    def sizes(self, keys):
+        """Bytes each record of `keys` spans in the .rec (to the next record's offset)."""
+        so = np.sort(self._soffsets)
+        pos = np.searchsorted(self._skeys, np.asarray(keys, dtype=np.int64))
+        off = self._soffsets[np.minimum(pos, len(self._skeys) - 1)]
+        nxt = np.searchsorted(so, off, side="right")
+        ends = np.where(nxt < len(so), so[np.minimum(nxt, len(so) - 1)], self.size)
+        return ends - off
 
     def contains(self, keys):
         """Boolean array: which of `keys` the index has."""
@@ -278,6 +293,75 @@ class RecordIO:
         return False
 
 
+def scan_records(rec_path):
+    """Yield the byte offset of every record of a .rec file, in file order, by its frames.
+
+    Split records (cflag 1, 2.., 3) count once, at their first frame. Raises
+    ValueError naming the file and byte position where the frames stop making sense.
+    """
+    rec_path = os.fspath(rec_path)
+    size = os.path.getsize(rec_path)
+    with open(rec_path, "rb", buffering=1 << 20) as f:
+        pos, start, inside = 0, None, False
+        while pos < size:
+            head = f.read(_FRAME.size)
+            if len(head) < _FRAME.size:
+                raise ValueError("%s: truncated frame header at byte %d (file is %d bytes)"
+                                 % (rec_path, pos, size))
+            magic, lrec = _FRAME.unpack(head)
+            if magic != MAGIC:
+                raise ValueError("%s: bad magic 0x%08x at byte %d, expected 0x%08x: not a "
+                                 "RecordIO file, or damaged there" % (rec_path, magic, pos, MAGIC))
+            length, cflag = lrec & _LEN_MASK, lrec >> 29
+            if pos + _FRAME.size + _pad(length) > size:
+                raise ValueError("%s: truncated record at byte %d: its frame needs %d bytes, "
+                                 "only %d left" % (rec_path, pos, _pad(length),
+                                                   size - pos - _FRAME.size))
+            if cflag in (0, 1):
+                if inside:
+                    raise ValueError("%s: split record at byte %d never ends" % (rec_path, start))
+                start = pos
+                inside = cflag == 1
+                if cflag == 0:
+                    yield start
+            elif cflag in (2, 3):
+                if not inside:
+                    raise ValueError("%s: continuation frame at byte %d outside a split record"
+                                     % (rec_path, pos))
+                if cflag == 3:
+                    inside = False
+                    yield start
+            else:
+                raise ValueError("%s: frame at byte %d has cflag %d" % (rec_path, pos, cflag))
+            f.seek(_pad(length), 1)
+            pos += _FRAME.size + _pad(length)
+        if inside:
+            raise ValueError("%s: split record at byte %d cut off by the end of the file"
+                             % (rec_path, start))
+
+
+def build_index(rec_path, idx_path=None, overwrite=False):
+    """Write the .idx of a .rec by scanning it: keys 0..n-1 in file order (as DALI's rec2idx).
+
+    The .idx is written atomically; an existing one is kept unless overwrite=True.
+    Returns (idx path, number of records).
+    """
+    rec_path = os.fspath(rec_path)
+    idx_path = os.fspath(idx_path) if idx_path is not None else default_idx_path(rec_path)
+    if not os.path.isfile(rec_path):
+        raise FileNotFoundError("RecordIO file %s not found" % rec_path)
+    if os.path.exists(idx_path) and not overwrite:
+        raise FileExistsError("%s already exists; pass --force to rebuild it" % idx_path)
+    n = 0
+    with AtomicFiles() as files:
+        with files.open(idx_path, "w") as f:
+            for n, off in enumerate(scan_records(rec_path), 1):
+                f.write("%d\t%d\n" % (n - 1, off))
+        if n == 0:
+            raise ValueError("%s: no records" % rec_path)
+    return idx_path, n
+
+
 class RecordIOWriter(Transaction):
     """Writes a .rec and its .idx under temporary names, renamed on close().
 
@@ -302,6 +386,8 @@ class RecordIOWriter(Transaction):
             raise
         self._pos = 0
         self._keys = set()
+        self.idx_crc = 0  # of the .idx as written, for sidecars that must match it
+        self.idx_bytes = 0
 
     def write(self, key, record):
         """Append one record (bytes, e.g. from pack()) under integer `key`."""
@@ -311,8 +397,15 @@ class RecordIOWriter(Transaction):
         self._keys.add(key)
         data = encode_record(record)
         self._rec.write(data)
-        self._idx.write("%d\t%d\n" % (key, self._pos))
+        line = "%d\t%d\n" % (key, self._pos)
+        self._idx.write(line)
+        self.idx_crc = zlib.crc32(line.encode("ascii"), self.idx_crc)
+        self.idx_bytes += len(line)
         self._pos += len(data)
+
+    @property
+    def rec_bytes(self):
+        return self._pos
 
     def commit(self):
         """Finish: both files renamed into place (by the group's owner if shared)."""

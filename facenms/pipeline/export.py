@@ -1,9 +1,14 @@
 """Export a core set: kept indices, .lst files, a RecordIO subset, an image-folder tree.
 
-Every output is written under a temporary name and renamed when complete
-(facenms._atomic), so a failure midway - an image that does not decode, a full
-disk, a kill - leaves the previous state, never a half-written output.
+Every output is written under a temporary name and moved into place when
+complete (facenms.data.atomic): a directory export is swapped in with one
+rename, a group of files in a shared folder is committed under a journal. A
+failure midway - an image that does not decode, a full disk, a kill - leaves
+the previous state, never a half-written output. Before any work the outputs
+are checked against the inputs (same file or folder: refused) and against
+the free space of their file system.
 """
+import glob
 import io
 import os
 import shutil
@@ -11,10 +16,10 @@ import shutil
 import numpy as np
 from PIL import Image
 
-from ..data.atomic import AtomicDir, AtomicFiles
-from ..data.base import decode_image, image_format
+from ..data.atomic import AtomicDir, AtomicFiles, check_not_inputs, check_writable, user_error
+from ..data.base import check_image, decode_image, image_format
 from ..data.imagefolder import ImageFolderDataset
-from ..data.recdataset import RecordDataset, write_face_recordio
+from ..data.recdataset import RecordDataset, labels_sidecar_path, write_face_recordio
 
 # formats insightface (OpenCV imdecode), mxnet and DALI all decode; others are re-encoded
 _REC_FORMATS = {"JPEG": "jpg", "PNG": "png", "BMP": "bmp"}
@@ -42,11 +47,37 @@ def _keep_array(keep, n=None):
     return keep
 
 
-def save_indices(path, keep):
-    """Kept indices as an int64 .npy file."""
+def _guard(outputs, dataset, inputs, need_bytes):
+    """Refuse outputs over inputs and outputs that cannot fit, before any work."""
+    files = list(dataset.files()) if dataset is not None else []
+    trees = list(dataset.trees()) if dataset is not None else []
+    check_not_inputs(outputs, files + [os.fspath(i) for i in inputs], trees)
+    check_writable(outputs[0], need_bytes)
+
+
+def _restate(e, final):
+    """A full disk (or read-only one) named by the user's path, not the hidden temporary."""
+    mapped = user_error(e, final) if isinstance(e, OSError) else None
+    if mapped is None or mapped is e:
+        return None
+    return mapped
+
+
+def save_indices(path, keep, inputs=(), dataset=None):
+    """Kept indices as an int64 .npy file.
+
+    inputs (e.g. the keep file) and dataset's files are never replaced.
+    """
     keep = _keep_array(keep)
-    with AtomicFiles() as out:
-        np.save(out.open(path), keep)
+    _guard([os.fspath(path)], dataset, inputs, 128 + 8 * len(keep))
+    try:
+        with AtomicFiles() as out:
+            np.save(out.open(path), keep)
+    except OSError as e:
+        mapped = _restate(e, os.fspath(path))
+        if mapped is not None:
+            raise mapped from None
+        raise
     return os.fspath(path)
 
 
@@ -54,28 +85,65 @@ def _each(items, progress):
     return progress(items) if progress is not None else items
 
 
-def write_lst(path, dataset, keep, progress=None):
-    """An im2rec-style list: `index\\tlabel\\tname` per kept face, in `keep` order.
+def _order(dataset, keep, shuffle, seed):
+    """Faces grouped by identity (identity order, then dataset order), or seeded-shuffled."""
+    labels = np.asarray(dataset.labels, dtype=np.int64)
+    idx = keep[np.lexsort((keep, labels[keep]))]
+    if shuffle:
+        idx = idx[np.random.default_rng(seed).permutation(len(idx))]
+    old = np.unique(labels[idx])
+    new = np.searchsorted(old, labels[idx])
+    return idx, old, new
 
-    index is the face's index in `dataset`, label its original label, name
-    dataset.name(i) (the relative path for image folders, rec:<key> for RecordIO).
-    progress: optional wrapper of the index iterable, e.g. tqdm.
+
+def _label_map(old):
+    return np.stack([old, np.arange(len(old))], axis=1).astype(np.int64)
+
+
+def write_lst(path, dataset, keep, shuffle=False, seed=0, verify="structure", progress=None,
+              inputs=()):
+    """An im2rec list `index\\tlabel\\tname`, ready for `python -m mxnet.tools.im2rec`.
+
+    index is dense 0..n-1 (the RecordIO keys im2rec will write: MXFaceDataset
+    reads keys 0..n-1), label the new dense label, renumbered exactly as
+    write_recordio renumbers (its old-to-new map goes to <prefix>.label_map.npy
+    beside), name dataset.name(i): the path relative to the image-folder root,
+    which is im2rec's `root` argument. Faces are grouped by identity, or in a
+    seeded shuffled order. Every image is checked (verify) before anything is
+    committed. progress: optional wrapper of the index iterable, e.g. tqdm.
     """
     keep = _keep_array(keep, len(dataset))
-    with AtomicFiles() as out:
+    path = os.fspath(path)
+    mapp = (path[:-4] if path.endswith(".lst") else path) + ".label_map.npy"
+    _guard([path, mapp], dataset, inputs, 64 * len(keep))
+    idx, old, new = _order(dataset, keep, shuffle, seed)
+    out = AtomicFiles()
+    try:
         with out.open(path, "w") as f:
-            for i in _each(keep, progress):
-                name = dataset.name(int(i))
+            for j, i in enumerate(_each(idx, progress)):
+                i = int(i)
+                name = dataset.name(i)
                 if "\t" in name or "\n" in name:
                     raise ValueError("%s: a tab or newline in the name breaks the .lst format"
-                                     % dataset.where(int(i)))
-                f.write("%d\t%d\t%s\n" % (i, dataset.labels[i], name))
-    return os.fspath(path)
+                                     % dataset.where(i))
+                if verify != "none":
+                    check_image(dataset.read_bytes(i), dataset.where(i), verify)
+                f.write("%d\t%d\t%s\n" % (j, new[j], name))
+        np.save(out.open(mapp), _label_map(old))
+        out.commit()
+    except BaseException as e:
+        out.abort()
+        mapped = _restate(e, path)
+        if mapped is not None:
+            raise mapped from None
+        raise
+    return path
 
 
-def _rec_payload(dataset, i):
+def _rec_payload(dataset, i, verify="structure"):
     """The encoded bytes to store for face i, re-encoded as PNG if readers may not decode it."""
     data = dataset.read_bytes(i)
+    check_image(data, dataset.where(i), verify)
     fmt, _ = image_format(data, dataset.where(i))
     if fmt in _REC_FORMATS:
         return data, _REC_FORMATS[fmt]
@@ -96,63 +164,156 @@ def rec_paths(out):
                                                  "label_map.npy"))
 
 
-def write_recordio(out, dataset, keep, layout="insightface", progress=None):
+# what a directory export owns: replaced wholesale; anything else a user put there is kept
+_EXPORT_NAMES = ("train.rec", "train.idx", "property", "label_map.npy", "train.labels.npz",
+                 "arcface_config.py")
+
+
+def _export_owned(name):
+    return name in _EXPORT_NAMES or name.endswith(".bin")
+
+
+def verification_bins(dataset):
+    """The insightface verification files (*.bin) beside a RecordIO dataset's train.rec."""
+    if not isinstance(dataset, RecordDataset):
+        return []
+    d = os.path.dirname(os.path.abspath(dataset.rec_path))
+    return sorted(glob.glob(os.path.join(glob.escape(d), "*.bin")))
+
+
+def arcface_config(rec_dir, num_classes, num_image, val_targets):
+    """An arcface_torch config snippet (configs/*.py style) for the export in rec_dir."""
+    return ("# arcface_torch settings for this core set (merge into your configs/*.py)\n"
+            "from easydict import EasyDict as edict\n\n"
+            "config = edict()\n"
+            "config.rec = %r\n"
+            "config.num_classes = %d\n"
+            "config.num_image = %d\n"
+            "config.val_targets = %r\n"
+            % (os.path.abspath(rec_dir), num_classes, num_image, list(val_targets)))
+
+
+def write_recordio(out, dataset, keep, layout="im2rec", shuffle=False, seed=0,
+                   verify="structure", copy_bins=True, progress=None, inputs=()):
     """The kept faces as a new RecordIO dataset, labels re-numbered densely.
 
     out: a directory (created if needed) that receives train.rec, train.idx,
-    property and label_map.npy; or a path ending in .rec (the .idx and
-    <prefix>.label_map.npy go beside it, `property` in its directory).
-    Faces are grouped by identity (identity order, then dataset order) as the
-    insightface layout requires. label_map.npy is an int64 (C, 2) array of
-    (old label, new label) rows. Image bytes are copied as they are (JPEG, PNG
-    and BMP; other formats are re-encoded as PNG), after a header check.
-    layout="im2rec" writes no header or identity records (keys 0..n-1): needed
-    past 2**24 images + identities, where the header's float32 keys are inexact.
+    property, label_map.npy (int64 (C, 2) rows of (old label, new label)) and
+    train.labels.npz (the labels, so reading them back needs no header scan);
+    for a RecordIO source also its verification *.bin files and
+    arcface_config.py. The new directory is swapped in with one rename; files
+    a user put in an existing `out` (other than these) are kept. Or a path
+    ending in .rec: the .idx, <prefix>.label_map.npy and <prefix>.labels.npz
+    go beside it and `property` in its folder, committed as a group.
+
+    layout="im2rec" (the default): keys 0..n-1, each image with its own label,
+    no header or identity records: what MXFaceDataset, mx.io.ImageRecordIter
+    and DALI's readers.mxnet all read, at any size. layout="insightface": the
+    header record 0 and identity records (empty payloads) that some
+    insightface tools want; DALI and ImageRecordIter cannot read it, and its
+    float32 keys limit it to 2**24 images + identities.
+    shuffle: a seeded random record order (keys and labels stay dense), as
+    DALI training wants; im2rec layout only. Otherwise faces are grouped by
+    identity (identity order, then dataset order).
+    verify: "structure" (JPEG markers, PNG chunks and CRCs), "decode" (also a
+    full decode) or "none"; a bad image fails the export, naming its record,
+    before anything is committed. Image bytes are copied as they are (JPEG,
+    PNG and BMP; other formats are re-encoded as PNG).
+    inputs: other files the export must not replace (e.g. the keep file).
     progress: optional wrapper of the index iterable, e.g. tqdm.
-    Returns the dict of written paths.
+    Returns a dict of the written paths and num_classes / num_image.
     """
+    if layout not in ("insightface", "im2rec"):
+        raise ValueError("layout must be 'insightface' or 'im2rec', got %r" % (layout,))
+    if shuffle and layout == "insightface":
+        raise ValueError("the insightface layout keeps each identity's images together; "
+                         "shuffle needs layout='im2rec'")
     keep = _keep_array(keep, len(dataset))
-    labels = np.asarray(dataset.labels, dtype=np.int64)
-    idx = keep[np.lexsort((keep, labels[keep]))]
-    old = np.unique(labels[idx])
-    new = np.searchsorted(old, labels[idx])
+    out = os.fspath(out)
+    as_dir = not out.endswith(".rec")
     rec, idxp, prop, mapp = rec_paths(out)
+    bins = verification_bins(dataset) if (copy_bins and as_dir) else []
+    need = (dataset.approx_bytes(keep) + 48 * len(keep) + sum(os.path.getsize(b) for b in bins))
+    outputs = [out] if as_dir else [rec, idxp, prop, mapp, labels_sidecar_path(rec)]
+    _guard(outputs, dataset, inputs, need)
+    if as_dir and os.path.isdir(out):
+        sub = sorted(e.name for e in os.scandir(out) if e.is_dir(follow_symlinks=False))
+        if sub:
+            # replacing a folder that holds folders could be replacing something else entirely
+            raise FileExistsError("%s holds folders (%s): not a RecordIO export; choose a new or "
+                                  "empty output folder" % (out, ", ".join(sub[:3])))
+    idx, old, new = _order(dataset, keep, shuffle, seed)
+    d = AtomicDir(out, overwrite=True, keep_others=lambda n: not _export_owned(n)) \
+        if as_dir else None
+    if d is not None:
+        rec, idxp, prop, mapp = rec_paths(d.tmp)
     files = AtomicFiles()
-    payloads = (_rec_payload(dataset, int(i))[0] for i in _each(idx, progress))
-    write_face_recordio(rec, new, payloads,
-                        num_classes=len(old), image_size=dataset.image_size,
-                        layout=layout, files=files)
     try:
-        np.save(files.open(mapp), np.stack([old, np.arange(len(old))], axis=1).astype(np.int64))
+        payloads = (_rec_payload(dataset, int(i), verify)[0] for i in _each(idx, progress))
+        write_face_recordio(rec, new, payloads, num_classes=len(old),
+                            image_size=dataset.image_size, layout=layout, files=files)
+        np.save(files.open(mapp), _label_map(old))
+        names = []
+        for b in bins:
+            name = os.path.basename(b)
+            with open(b, "rb") as src, files.open(os.path.join(d.tmp, name)) as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            names.append(name[:-4])
+        if d is not None:
+            with files.open(os.path.join(d.tmp, "arcface_config.py"), "w") as f:
+                f.write(arcface_config(out, len(old), len(idx), names))
         files.commit()
-    except BaseException:
+        if d is not None:
+            d.commit()
+    except BaseException as e:
         files.abort()
+        if d is not None:
+            d.abort()
+        mapped = _restate(e, out)
+        if mapped is not None:
+            raise mapped from None
         raise
-    return {"rec": rec, "idx": idxp, "property": prop, "label_map": mapp}
+    rec, idxp, prop, mapp = rec_paths(out)
+    res = {"rec": rec, "idx": idxp, "property": prop, "label_map": mapp,
+           "labels": labels_sidecar_path(rec), "num_classes": int(len(old)),
+           "num_image": int(len(idx)), "bins": [os.path.join(out, os.path.basename(b))
+                                                 for b in bins]}
+    if as_dir:
+        res["config"] = os.path.join(out, "arcface_config.py")
+    return res
 
 
-def write_imagefolder(out_dir, dataset, keep, mode="symlink", overwrite=False, progress=None):
+def write_imagefolder(out_dir, dataset, keep, mode="symlink", overwrite=False,
+                      verify="structure", progress=None, inputs=()):
     """The kept faces as an image-folder tree out_dir/<identity>/<file>.
 
     Image-folder datasets keep their relative paths, as symlinks to the
     originals (mode="symlink") or copies (mode="copy"). RecordIO datasets have
     no files to link: each face's encoded bytes are written to
     <label, zero-padded>/<key>.<jpg|png|...> whatever the mode.
-    out_dir must not exist or be empty unless overwrite=True.
+    out_dir must not exist or be empty unless overwrite=True; the new tree is
+    swapped in with one rename. Every image is checked (verify) first.
     progress: optional wrapper of the index iterable, e.g. tqdm.
     """
     if mode not in ("symlink", "copy"):
         raise ValueError("mode must be 'symlink' or 'copy', got %r" % (mode,))
     keep = _keep_array(keep, len(dataset))
+    out_dir = os.fspath(out_dir)
+    need = 0 if (mode == "symlink" and isinstance(dataset, ImageFolderDataset)) \
+        else dataset.approx_bytes(keep)
+    _guard([out_dir], dataset, inputs, need)
     width = len(str(max(int(dataset.num_classes) - 1, 0)))
-    with AtomicDir(out_dir, overwrite=overwrite) as d:
+    d = AtomicDir(out_dir, overwrite=overwrite)
+    try:
         made = set()
         for i in _each(keep, progress):
             i = int(i)
             if isinstance(dataset, ImageFolderDataset):
                 rel, data = dataset.name(i), None
+                if verify != "none":
+                    check_image(dataset.read_bytes(i), dataset.where(i), verify)
             else:
-                data, ext = _rec_payload(dataset, i)
+                data, ext = _rec_payload(dataset, i, verify)
                 stem = dataset.key(i) if isinstance(dataset, RecordDataset) else i
                 rel = "%0*d/%d.%s" % (width, dataset.labels[i], stem, ext)
             dst = os.path.join(d.tmp, rel)
@@ -167,4 +328,11 @@ def write_imagefolder(out_dir, dataset, keep, mode="symlink", overwrite=False, p
                 os.symlink(dataset.path(i), dst)
             else:
                 shutil.copyfile(dataset.path(i), dst)
-    return os.fspath(out_dir)
+        d.commit()
+    except BaseException as e:
+        d.abort()
+        mapped = _restate(e, out_dir)
+        if mapped is not None:
+            raise mapped from None
+        raise
+    return out_dir

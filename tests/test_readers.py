@@ -1,0 +1,41 @@
+"""The exports read by the readers insightface users run: mxnet 1.9.1 and NVIDIA DALI.
+
+Optional: set FACENMS_MXNET_PYTHON and/or FACENMS_DALI_PYTHON to interpreters
+that have mxnet (with opencv for im2rec) / nvidia-dali. check_readers.py
+states what each must read; tests/fixtures/check_readers.sh runs both.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIX = os.path.join(HERE, "fixtures")
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    out = tmp_path_factory.mktemp("readers")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(HERE)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    subprocess.run([sys.executable, os.path.join(FIX, "write_for_readers.py"), str(out)],
+                   check=True, env=env, capture_output=True)
+    return out
+
+
+@pytest.mark.parametrize("reader,var", [("mxnet", "FACENMS_MXNET_PYTHON"),
+                                        ("dali", "FACENMS_DALI_PYTHON")])
+def test_reader_reads_the_exports(exports, reader, var):
+    if not os.environ.get(var):
+        pytest.skip("set %s to a python with %s" % (var, reader))
+    r = subprocess.run([os.environ[var], os.path.join(FIX, "check_readers.py"), reader,
+                        str(exports)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # what must work works, and the insightface layout fails where the README says it does
+    assert "FAIL " not in r.stdout
+    if reader == "dali":
+        assert "insightface  DALI readers.mxnet (CPU)     fails (expected)" in r.stdout
+    else:
+        assert "insightface  mx.io.ImageRecordIter        fails (expected)" in r.stdout
+        assert "lst          mxnet.tools.im2rec           OK" in r.stdout
