@@ -102,18 +102,6 @@ def add_memory_args(p):
                    help="bytes of features in memory at once, e.g. 2G (default 1G)")
 
 
-def refuse_overwrite(outputs, inputs):
-    """CommandError when an output path is (the same file as) an input: compared as files
-    (same inode), so links and other spellings of a path are caught too."""
-    for o in outputs:
-        if o is None or not os.path.exists(o):
-            continue
-        for i in inputs:
-            if i is not None and os.path.exists(i) and os.path.samefile(o, i):
-                raise CommandError("%s would overwrite the input %s; choose another output"
-                                   % (o, i))
-
-
 def in_dataset_order(features_path, labels, scores=None):
     """For features written by sort-features: (perm, labels and scores in the file's
     order); perm is None for any other file. Labels may be given in either order."""

@@ -7,8 +7,9 @@ import os
 
 import numpy as np
 
+from ..data.atomic import check_not_inputs
 from .common import (add_memory_args, add_selection_args, in_dataset_order, load_array,
-                     parse_bytes, progress, refuse_overwrite)
+                     parse_bytes, progress)
 
 
 def add(sub):
@@ -40,7 +41,8 @@ def run(args):
     from ..pipeline.export import save_indices
     from ..pipeline.runtime import write_json
     from ..scale.dist import is_main
-    refuse_overwrite([args.out, args.info], [args.features, args.labels, args.scores])
+    check_not_inputs([o for o in (args.out, args.info) if o],
+                     [args.features, args.labels, args.scores])
     feats = load_array(args.features, "features")
     labels = load_array(args.labels, "labels", mmap=False)
     scores = load_array(args.scores, "scores", mmap=False) if args.scores else None

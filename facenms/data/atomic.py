@@ -597,6 +597,7 @@ def check_not_inputs(outputs, inputs, tree_inputs=()):
                 raise ValueError("%s: the output would be written inside the input %s; "
                                  "choose another output" % (out, t))
 
+
 def file_identity(path):
     """What changes when a file is rewritten or replaced: [device, inode, size, mtime_ns]."""
     st = os.stat(path)

@@ -27,7 +27,7 @@ import os
 
 import numpy as np
 
-from ..data.atomic import AtomicFiles, file_identity
+from ..data.atomic import AtomicFiles, check_not_inputs, file_identity
 from .blocks import block_rows
 from .reader import Reader, open_features
 
@@ -94,11 +94,8 @@ def sort_features(features, labels, out, perm_out=None, labels_out=None, block_s
     side = side_paths(out)
     perm_out = os.fspath(perm_out) if perm_out is not None else side[0]
     labels_out = os.fspath(labels_out) if labels_out is not None else side[1]
-    inputs = [os.fspath(p) for p in (features, labels_arg) if isinstance(p, (str, os.PathLike))]
-    for o in (out, perm_out, labels_out, manifest_path(out)):
-        for i in inputs:
-            if os.path.exists(o) and os.path.samefile(i, o):
-                raise ValueError("sort-features cannot write %s: it is its input %s" % (o, i))
+    check_not_inputs([out, perm_out, labels_out, manifest_path(out)],
+                     [p for p in (features, labels_arg) if isinstance(p, (str, os.PathLike))])
     if len({os.path.abspath(p) for p in (out, perm_out, labels_out)}) < 3:
         raise ValueError("sort-features needs three different output files, got %s, %s, %s"
                          % (out, perm_out, labels_out))
