@@ -100,8 +100,10 @@ def run(config, stages=STAGES, progress=True):
 
     if "extract" in stages:
         t = time.perf_counter()
-        extract(ds, paths["proxy"], paths["features"], labels_path=paths["labels"],
-                progress=progress, **cfg.get("extract", {}))
+        kw = dict(cfg.get("extract", {}))
+        model = kw.pop("model", paths["proxy"])  # [extract] model = ...: another face model
+        extract(ds, model, paths["features"], labels_path=paths["labels"],
+                progress=progress, **kw)
         _log("extract", "%s (%.1f s)" % (paths["features"], time.perf_counter() - t))
 
     if not is_main():
