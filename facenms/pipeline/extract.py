@@ -340,18 +340,38 @@ class _Timer:
         return "decode %.1f s, model %.1f s, write %.1f s, sync %.1f s" % tuple(self.t.values())
 
 
-def _features(net, img, dev, config, prep):
-    """A batch's float16 rows (on the host, one sync) and the first bad row's
-    position and kind, or None."""
-    x = rt.to_input(img, dev, **prep)
-    e = _embed(net, x, dev, config["amp"], config["flip"])
-    norm = e.norm(dim=1, keepdim=True)
-    # 0 fine, 1 zero, 2 not finite: sent with the rows, so one copy serves both
-    kind = torch.where(norm == 0, 1, torch.where(torch.isfinite(norm), 0, 2)).to(torch.int16)
-    host = torch.cat([(e / norm).to(torch.float16).view(torch.int16), kind], 1).cpu().numpy()
-    bad = np.flatnonzero(host[:, -1])
-    rows = np.ascontiguousarray(host[:, :-1]).view(np.float16)
-    return rows, (int(bad[0]), int(host[bad[0], -1])) if len(bad) else None
+class _Batch:
+    """One batch's embeddings on their way to the host. On CUDA the copy is
+    queued behind the forward pass into pinned memory and waited for only
+    after the next batch is launched, so the GPU never idles on the host:
+    one host sync per batch. On the CPU it is a plain tensor."""
+
+    def __init__(self, k, idx, net, img, dev, config, prep):
+        self.k, self.idx = k, idx
+        x = rt.to_input(img, dev, **prep)
+        e = _embed(net, x, dev, config["amp"], config["flip"])
+        norm = e.norm(dim=1, keepdim=True)
+        # 0 fine, 1 zero, 2 not finite: sent with the rows, so one copy serves both
+        kind = torch.where(norm == 0, 1, torch.where(torch.isfinite(norm), 0, 2))
+        out = torch.cat([(e / norm).to(torch.float16).view(torch.int16),
+                         kind.to(torch.int16)], 1)
+        self.event = None
+        if out.device.type == "cuda":
+            self.host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+            self.host.copy_(out, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.host = out
+
+    def rows(self):
+        """(float16 rows, (position, kind) of the first bad row or None)."""
+        if self.event is not None:
+            self.event.synchronize()
+        host = self.host.numpy()
+        bad = np.flatnonzero(host[:, -1])
+        rows = np.ascontiguousarray(host[:, :-1]).view(np.float16)
+        return rows, (int(bad[0]), int(host[bad[0], -1])) if len(bad) else None
 
 
 def _run(ds, faces, labels, net, config, prep, out_path, labels_path, d, dev, workers, pin,
@@ -384,25 +404,43 @@ def _run(ds, faces, labels, net, config, prep, out_path, labels_path, d, dev, wo
         out.mark_done(pending)
         pending.clear()
 
+    def store(batch):
+        rows, bad = batch.rows()
+        timer.lap("model")
+        if bad is not None:
+            i = int(batch.idx[bad[0]])
+            raise ValueError("the model gave a %s embedding for face %d (%s); with amp='fp16' "
+                             "try amp='bf16' or None" % (
+                                 "zero" if bad[1] == 1 else "non-finite", i, _where(ds, i)))
+        pending.append((batch.k, out.write(int(batch.idx[0]), rows)))
+        timer.lap("write")
+        if bar is not None:
+            bar.update()
+
     try:
-        for k, (img, _, idx) in zip(mine, loader):
+        last, batches = None, zip(mine, loader)
+        while True:
+            try:
+                k, (img, _, idx) = next(batches)
+            except StopIteration:
+                break
+            except BaseException:  # a failed read: keep the batch already embedded
+                if last is not None:
+                    store(last)
+                    sync()
+                raise
             timer.lap("decode")
-            rows, bad = _features(net, img, dev, config, prep)
+            batch = _Batch(k, idx, net, img, dev, config, prep)
             timer.lap("model")
-            if bad is not None:
-                i = int(idx[bad[0]])
-                raise ValueError("the model gave a %s embedding for face %d (%s); with amp='fp16' "
-                                 "try amp='bf16' or None" % (
-                                     "zero" if bad[1] == 1 else "non-finite", i, _where(ds, i)))
-            pending.append((k, out.write(int(idx[0]), rows)))
-            timer.lap("write")
+            if last is not None:  # the previous batch, while this one runs
+                store(last)
+            last = batch
             if time.time() - last_sync >= sync_every:
                 sync()
                 last_sync = time.time()
                 timer.lap("sync")
-            if bar is not None:
-                bar.update()
-            timer.lap("write")
+        if last is not None:
+            store(last)
         sync()
         timer.lap("sync")
     finally:
