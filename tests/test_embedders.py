@@ -151,3 +151,26 @@ def test_torch_model_that_cannot_be_fed(ds, tmp_path):
     with pytest.raises(ValueError, match=r"model Sequential fails on a 1 x 3 x 32 x 32 float "
                                          r"input"):
         extract(ds, gray, tmp_path / "f.npy", workers=0, progress=False)
+
+
+class Viewing(torch.nn.Module):
+    """A model whose forward assumes NCHW strides (x.view of the raw layout)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y.view(len(y), -1)  # fails for channels_last strides
+
+
+def test_model_that_needs_nchw_strides(ds, tmp_path):
+    torch.manual_seed(0)
+    m = Viewing()
+    out = tmp_path / "f.npy"
+    extract(ds, m, out, batch_size=7, workers=0, amp=None, progress=False)
+    x = torch.from_numpy(ds.images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        ref = torch.nn.functional.normalize(m(x.contiguous())).numpy()
+    assert np.abs(np.load(out).astype(np.float32) - ref).max() < 2e-3

@@ -57,7 +57,17 @@ class _TorchModel:
         """Nothing to check before the probe: a torch module states no input shape."""
 
     def __call__(self, x):
-        out = self.module(x)
+        if not self.channels_last:
+            x = x.contiguous()
+        try:
+            out = self.module(x)
+        except RuntimeError:
+            if not self.channels_last:
+                raise
+            # e.g. a traced .view() that assumes NCHW strides: this model stays in NCHW
+            self.channels_last = False
+            self.module.to(memory_format=torch.contiguous_format)
+            out = self.module(x.contiguous())
         if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
             raise ValueError("%s must return one (batch, dim) tensor, got %s" % (
                 self.desc, tuple(out.shape) if isinstance(out, torch.Tensor) else type(out)))
