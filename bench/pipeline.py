@@ -361,7 +361,7 @@ def bench_export(args, tmp, folder, rec):
         ds = open_dataset(src)
         keep = np.arange(0, len(ds), 2)  # every other face, as a 50% core set
         sub = Subset(ds, keep)
-        out = os.path.join(tmp, "export")
+        out = os.path.join(tmp, "export-%s-" % src[-3:])
         runs = iter(range(1 << 30))
 
         def ours():  # a fresh directory each time: removing the last one is not export
