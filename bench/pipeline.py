@@ -328,7 +328,7 @@ def bench_extract(stage, args, dev, tmp, small):
 def bench_decode(args, dev, small):
     from facenms.pipeline import runtime as rt
     ds = open_dataset(small)
-    workers = getattr(rt, "default_workers", lambda: 2)()
+    workers = getattr(rt, "default_workers", lambda dev: 2)(dev)
 
     def ours():
         loader = torch.utils.data.DataLoader(rt.IndexedFaces(ds, size=112),
