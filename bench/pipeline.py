@@ -14,6 +14,7 @@ their own parts; facenms.extract prints its split in its last line).
 """
 import argparse
 import contextlib
+import copy
 import warnings
 import cProfile
 import io
@@ -285,7 +286,8 @@ def bench_extract(stage, args, dev, tmp, small):
     from facenms.pipeline.extract import extract
     ds = open_dataset(small)
     model = backbone(args).to(dev)
-    target, variant, floor = model, "nn.Module", None
+    # a copy: facenms converts a module it is given to channels_last, the floor keeps it as is
+    target, variant, floor = copy.deepcopy(model), "nn.Module", None
     if stage == "torchscript":
         target = os.path.join(tmp, "model.ts")
         with torch.no_grad():
@@ -332,7 +334,8 @@ def bench_decode(args, dev, small):
 
     def ours():
         loader = torch.utils.data.DataLoader(rt.IndexedFaces(ds, size=112),
-                                             batch_size=args.batch, num_workers=workers)
+                                             batch_size=args.batch, num_workers=workers,
+                                             collate_fn=getattr(rt, "collate", None))
         for _ in loader:
             pass
     measure("decode", "DataLoader, %d workers" % workers, len(ds),

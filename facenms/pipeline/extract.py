@@ -392,7 +392,8 @@ def _run(ds, faces, labels, net, config, prep, out_path, labels_path, d, dev, wo
     was_done = n_batches - len(todo)
     out = _Rows(p["partial"], p["progress"], bs)
     loader = DataLoader(faces, batch_sampler=[range(k * bs, min(n, (k + 1) * bs)) for k in mine],
-                        num_workers=workers if len(mine) > 1 else 0, pin_memory=pin)
+                        num_workers=workers if len(mine) > 1 else 0, pin_memory=pin,
+                        collate_fn=rt.collate)
     bar = None
     if progress and d.main:
         from tqdm import tqdm

@@ -204,7 +204,7 @@ def _train(ds, labels, out_dir, config, d, dev, batch_size, workers, resume, log
                                  seed=config["seed"], drop_last=True)
     loader = DataLoader(faces, batch_size=batch_size, sampler=sampler, drop_last=True,
                         num_workers=workers, pin_memory=dev.type == "cuda",
-                        persistent_workers=workers > 0)
+                        persistent_workers=workers > 0, collate_fn=rt.collate)
     steps = len(loader)
     if steps == 0:
         raise ValueError("the proxy subset has %d faces, %d per process: not one full batch "
