@@ -15,7 +15,6 @@ their own parts; facenms.extract prints its split in its last line).
 import argparse
 import contextlib
 import copy
-import warnings
 import cProfile
 import io
 import os
@@ -26,6 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
