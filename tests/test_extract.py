@@ -12,7 +12,7 @@ import torch
 import tinyfaces
 from procs import WORKER, child_env, torchrun
 from facenms.pipeline.embedders import load_model
-from facenms.pipeline.extract import extract
+from facenms.pipeline.extract import batches_done, extract
 from facenms.pipeline.proxy import load_proxy, train_proxy
 
 BS = 4  # 48 faces -> 12 batches
@@ -199,7 +199,7 @@ def test_killed_extraction_resumes_byte_identical(tiny_npz, uninterrupted, tmp_p
     try:
         deadline = time.time() + 90
         while time.time() < deadline and child.poll() is None:
-            if os.path.exists(progress) and np.fromfile(progress, np.uint8).sum() >= 3:
+            if os.path.exists(progress) and batches_done(progress).sum() >= 3:
                 child.send_signal(signal.SIGKILL)
                 break
             time.sleep(0.01)
@@ -208,7 +208,7 @@ def test_killed_extraction_resumes_byte_identical(tiny_npz, uninterrupted, tmp_p
         if child.poll() is None:
             child.kill()
     assert child.returncode == -signal.SIGKILL, child.stderr.read().decode()[-2000:]
-    done = np.fromfile(progress, np.uint8)
+    done = batches_done(progress)
     assert 3 <= done.sum() < len(done) == 12
     assert not out.exists() and not (tmp_path / "labels.npy").exists()  # nothing looks done
     assert os.path.exists(str(out) + ".partial")
@@ -232,7 +232,7 @@ def test_torchrun_two_ranks_extract(tiny_npz, uninterrupted, tmp_path):
     with pytest.raises(RuntimeError, match="simulated crash"):
         extract(crashing, tiny_model(), out, batch_size=BS, workers=0, progress=False,
                 sync_every=0.0)
-    assert np.fromfile(str(out) + ".progress", np.uint8).sum() == 5
+    assert batches_done(str(out) + ".progress").sum() == 5
     r = torchrun(["extract", tiny_npz, out, "tiny", "--batch-size", BS])
     assert r.stdout.count("extract: 48 faces x 16 dims") == 1 and "2 ranks" in r.stdout
     assert "resumed with 5 of 12 batches done" in r.stdout

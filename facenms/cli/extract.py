@@ -1,5 +1,17 @@
 """`facenms extract`: every face embedded into a float16 .npy."""
+import argparse
+
 from .common import given
+
+
+def positive_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError("must be a positive integer, got %r" % s)
+    return v
 
 
 def add(sub):
@@ -9,11 +21,18 @@ def add(sub):
                    help="proxy checkpoint, TorchScript, torch.export (.pt2) or ONNX file")
     x.add_argument("--out", required=True, help="features .npy (labels.npy is written beside)")
     x.add_argument("--labels-path")
-    x.add_argument("--batch-size", type=int)
-    x.add_argument("--workers", type=int)
+    x.add_argument("--batch-size", type=positive_int)
+    x.add_argument("--workers", type=int, help="DataLoader processes (default: from the cores)")
     x.add_argument("--amp", choices=["bf16", "fp16", "none"], default="bf16")
     x.add_argument("--flip", action="store_true", help="add the mirrored face's embedding")
-    x.add_argument("--input-size", type=int)
+    x.add_argument("--input-size", type=positive_int,
+                   help="resize faces to this square size (default: the model's own)")
+    x.add_argument("--mean", help="pixel mean: one number or 3, e.g. 127.5 (the default) or "
+                   "123.7,116.3,103.5, in the model's channel order")
+    x.add_argument("--std", help="pixel std: one number or 3 (default 127.5; (x-127)/128: "
+                   "--mean 127 --std 128)")
+    x.add_argument("--channel-order", choices=["rgb", "bgr"],
+                   help="the channel order the model takes (default rgb)")
     x.add_argument("--device")
     x.add_argument("--no-resume", action="store_true")
     x.set_defaults(func=run)
@@ -21,7 +40,8 @@ def add(sub):
 
 def run(args):
     from ..pipeline.extract import extract
-    kw = given(args, ["batch_size", "workers", "device", "input_size", "labels_path"])
+    kw = given(args, ["batch_size", "workers", "device", "input_size", "labels_path", "mean",
+                      "std", "channel_order"])
     kw["amp"] = None if args.amp == "none" else args.amp
     path = extract(args.dataset, args.model, args.out, flip=args.flip,
                    resume=not args.no_resume, **kw)

@@ -30,27 +30,65 @@ def _sha256_module(module):
     return h.hexdigest()
 
 
+FEEDS = "float N x 3 x H x W (NCHW) or N x H x W x 3 (NHWC) faces, H = W"
+
+
 class _TorchModel:
+    """A torch module run in channels_last: the layout oneDNN and cuDNN convolve
+    fastest (the values are the same up to float rounding)."""
+    layout = "NCHW"
+    channels_last = True
+
     def __init__(self, module, device, input_size, desc, fingerprint, eval_mode=True):
         self.module = module.to(device)
         if eval_mode:  # an exported program is frozen in the mode it was exported in
             self.module.eval()
+        try:
+            self.module.to(memory_format=torch.channels_last)
+        except (TypeError, RuntimeError):  # a module that cannot convert keeps its layout
+            self.channels_last = False
         self.input_size = input_size
+        self.dim = getattr(module, "embedding_size", None)
         self.desc = desc
         self.fingerprint = fingerprint
         self.uses_autocast = True
 
+    def check(self, size):
+        """Nothing to check before the probe: a torch module states no input shape."""
+
     def __call__(self, x):
-        out = self.module(x)
+        if not self.channels_last:
+            x = x.contiguous()
+        try:
+            out = self.module(x)
+        except RuntimeError:
+            if not self.channels_last:
+                raise
+            # e.g. a traced .view() that assumes NCHW strides: this model stays in NCHW
+            self.channels_last = False
+            self.module.to(memory_format=torch.contiguous_format)
+            out = self.module(x.contiguous())
         if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
             raise ValueError("%s must return one (batch, dim) tensor, got %s" % (
                 self.desc, tuple(out.shape) if isinstance(out, torch.Tensor) else type(out)))
         return out.float()
 
 
+def _onnx_layout(path, shape):
+    """"NCHW" or "NHWC" from an ONNX input shape (ints or symbolic names)."""
+    if len(shape) == 4:
+        if shape[1] == 3 or (not isinstance(shape[1], int) and shape[3] != 3):
+            return "NCHW"
+        if shape[3] == 3:
+            return "NHWC"
+    raise ValueError("the ONNX model %s takes input of shape %s; facenms feeds %s"
+                     % (path, list(shape), FEEDS))
+
+
 class _OnnxModel:
-    """An ONNX face model (e.g. insightface's) run by onnxruntime. Input
-    NCHW float; a model exported with a fixed batch size is fed in chunks."""
+    """An ONNX face model (e.g. insightface's) run by onnxruntime. Input NCHW
+    or NHWC float (from the model's input shape); a model exported with a
+    fixed batch size is fed in chunks of that size."""
 
     def __init__(self, path, device, fingerprint):
         try:
@@ -68,21 +106,38 @@ class _OnnxModel:
         except Exception as e:
             raise ValueError("onnxruntime cannot load %s: %s" % (path, e)) from e
         inputs = self.sess.get_inputs()
-        if len(inputs) != 1 or len(inputs[0].shape) != 4:
-            raise ValueError("%s: expected one N x 3 x H x W input, the model has %s" % (
-                path, [(i.name, i.shape) for i in inputs]))
-        inp = inputs[0]
-        self.name = inp.name
+        if len(inputs) != 1:
+            raise ValueError("the ONNX model %s has %d inputs %s; facenms feeds one, %s" % (
+                path, len(inputs), [(i.name, i.shape) for i in inputs], FEEDS))
+        inp = self.inp = inputs[0]
+        self.path, self.name = os.fspath(path), inp.name
+        self.layout = _onnx_layout(path, inp.shape)
+        if inp.type not in ("tensor(float)", "tensor(float16)"):
+            raise ValueError("the ONNX model %s takes %s input of shape %s; facenms feeds %s"
+                             % (path, inp.type, list(inp.shape), FEEDS))
+        self.channels_last = self.layout == "NHWC"  # then the NHWC view is free
         self.batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
-        h, w = inp.shape[2], inp.shape[3]
+        h, w = inp.shape[1:3] if self.layout == "NHWC" else inp.shape[2:4]
+        self.hw = (h if isinstance(h, int) else None, w if isinstance(w, int) else None)
         self.input_size = h if isinstance(h, int) and h == w else None
+        out = self.sess.get_outputs()[0].shape
+        self.dim = out[1] if len(out) >= 2 and isinstance(out[1], int) else None
         self.np_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
         self.desc = "ONNX model %s" % os.path.basename(path)
         self.fingerprint = fingerprint
         self.uses_autocast = False
 
+    def check(self, size):
+        """ValueError before the run when faces of size x size cannot be fed."""
+        if any(d is not None and d != size for d in self.hw):
+            raise ValueError("the ONNX model %s takes input of shape %s; facenms would feed "
+                             "%d x %d faces (%s): pass an input size the model takes"
+                             % (self.path, list(self.inp.shape), size, size, FEEDS))
+
     def __call__(self, x):
-        a = x.detach().float().cpu().numpy().astype(self.np_dtype)
+        if self.layout == "NHWC":
+            x = x.permute(0, 2, 3, 1)
+        a = np.ascontiguousarray(x.detach().float().cpu().numpy(), self.np_dtype)
         if self.batch is None or self.batch == len(a):
             out = self.sess.run(None, {self.name: a})[0]
         else:
@@ -95,7 +150,7 @@ class _OnnxModel:
                                                             chunk.dtype)])
                 parts.append(self.sess.run(None, {self.name: chunk})[0][:n])
             out = np.concatenate(parts)
-        out = np.asarray(out).reshape(len(a), -1).astype(np.float32)
+        out = np.asarray(out).reshape(len(a), -1).astype(np.float32, copy=False)
         return torch.from_numpy(out).to(x.device)
 
 

@@ -11,18 +11,23 @@ order, on any number of ranks, across any number of restarts, and the file
 comes out byte-identical (on the same hardware and software). While running:
 
     features.npy.partial     the .npy being filled (valid header, N x d float16)
-    features.npy.progress    one byte per batch, 1 once its rows are on disk
+    features.npy.progress    8 bytes per batch: "done" and the CRC-32 of its rows,
+                             written once the rows are on disk
     features.npy.state.json  the settings the partial file was made with
 
 When every batch is done, ``labels.npy`` (beside, by default) and
 ``features.npy.json`` (the settings) are written and the partial file is
 renamed to ``features.npy``: a file under the final name is always complete.
+A resume first checks every batch marked done against its CRC and redoes
+those that fail; a partial file of the wrong size is started afresh.
 """
 import hashlib
 import json
 import os
+import struct
 import sys
 import time
+import zlib
 
 import numpy as np
 import torch
@@ -33,8 +38,16 @@ from ..scale.dist import join
 from . import runtime as rt
 from .embedders import load_model
 
-FORMAT = "facenms-features/1"
+FORMAT = "facenms-features/2"
+MARK = struct.Struct("<4sI")  # b"done", CRC-32 of the batch's row bytes; zeros: to do
+DONE = b"done"
 
+
+def batches_done(progress_path):
+    """Which batches a progress file marks done (bool per batch)."""
+    marks = np.fromfile(progress_path, np.uint8)
+    marks = marks[:len(marks) // MARK.size * MARK.size].reshape(-1, MARK.size)
+    return (marks[:, :4] == np.frombuffer(DONE, np.uint8)).all(1)
 
 
 def _paths(out_path, labels_path):
@@ -86,18 +99,73 @@ def _prepare(p, config, labels, resume, n_batches):
         raise ValueError("features %s exist but %s; delete them or pass resume=False"
                          % (p["out"], why))
     state = rt.read_json(p["state"]) if resume else None
+    if state is not None and state.get("format") != FORMAT:
+        state = None  # an older layout of the progress file: start afresh
     if state is not None and state.get("config") != config:
         raise ValueError("cannot resume the extraction in %s, it was started with other "
                          "settings (%s); delete %s or pass resume=False" % (
                              p["partial"], "; ".join(_diff(state.get("config", {}), config)),
                              p["state"]))
-    if state is not None and os.path.exists(p["partial"]) and os.path.exists(p["progress"]):
-        mm = np.lib.format.open_memmap(p["partial"], mode="r")
-        ok = mm.shape == (config["n"], config["dim"]) and mm.dtype == np.float16
-        del mm
-        if ok and os.path.getsize(p["progress"]) == n_batches:
+    if state is not None:
+        why = _unusable(p, config, n_batches)
+        if why is None:
+            _verify(p, config, n_batches)
             return None
-    for k in ("state", "partial", "progress", "meta", "out"):  # start afresh
+        print("extract: %s %s; starting afresh" % (p["partial"], why), file=sys.stderr,
+              flush=True)
+    _start(p, config, n_batches)
+    return None
+
+
+def _unusable(p, config, n_batches):
+    """Why the partial and progress files cannot be resumed, or None."""
+    for k in ("partial", "progress"):
+        if not os.path.exists(p[k]):
+            return "has no %s file %s" % (k, p[k])
+    try:
+        with open(p["partial"], "rb") as f:
+            read = {(1, 0): np.lib.format.read_array_header_1_0,
+                    (2, 0): np.lib.format.read_array_header_2_0}
+            version = np.lib.format.read_magic(f)
+            if version not in read:
+                raise ValueError("npy format version %s" % (version,))
+            shape, _, dtype = read[version](f)
+            offset = f.tell()
+    except (ValueError, OSError, EOFError) as e:
+        return "has an unreadable header (%s)" % e
+    if shape != (config["n"], config["dim"]) or dtype != np.float16:
+        return "holds %s %s, not %d x %d float16" % (dtype, shape, config["n"], config["dim"])
+    want = offset + config["n"] * config["dim"] * 2
+    if os.path.getsize(p["partial"]) != want:
+        return "is %d bytes, not %d (truncated?)" % (os.path.getsize(p["partial"]), want)
+    if os.path.getsize(p["progress"]) != n_batches * MARK.size:
+        return "has a progress file of %d bytes, not %d" % (
+            os.path.getsize(p["progress"]), n_batches * MARK.size)
+    return None
+
+
+def _verify(p, config, n_batches):
+    """Clears the done mark of every batch whose rows fail their CRC (flipped
+    bytes, rows that never reached the disk, a forged mark)."""
+    out = _Rows(p["partial"], p["progress"], config["batch_size"])
+    bad = []
+    try:
+        for k in np.flatnonzero(batches_done(p["progress"])):
+            mark = MARK.unpack(os.pread(out.marks, MARK.size, int(k) * MARK.size))
+            if mark[1] != zlib.crc32(out.read_batch(int(k), config["n"])):
+                bad.append(int(k))
+        out.clear(bad)
+    finally:
+        out.close()
+    if bad:
+        print("extract: %d batch%s of %s marked done fail their checksum (batch %s); "
+              "redoing them" % (len(bad), "es" if len(bad) > 1 else "", p["partial"],
+                                ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")),
+              file=sys.stderr, flush=True)
+
+
+def _start(p, config, n_batches):
+    for k in ("state", "partial", "progress", "meta", "out"):
         if os.path.exists(p[k]):
             os.unlink(p[k])
     os.makedirs(os.path.dirname(os.path.abspath(p["out"])), exist_ok=True)
@@ -106,9 +174,8 @@ def _prepare(p, config, labels, resume, n_batches):
     mm.flush()
     del mm
     with open(p["progress"], "wb") as f:
-        f.truncate(n_batches)
+        f.truncate(n_batches * MARK.size)
     rt.atomic_write_text(json.dumps(dict(format=FORMAT, config=config), indent=1), p["state"])
-    return None
 
 
 class _Rows:
@@ -118,31 +185,46 @@ class _Rows:
     back whole pages, which can overwrite a neighbour's rows with stale bytes;
     a pwrite sends only its own byte range."""
 
-    def __init__(self, partial, progress):
+    def __init__(self, partial, progress, batch_size):
         mm = np.lib.format.open_memmap(partial, mode="r")
         self.offset, self.row_bytes = mm.offset, mm.shape[1] * mm.dtype.itemsize
         del mm
+        self.batch_size = batch_size
         self.rows = os.open(partial, os.O_RDWR)
         self.marks = os.open(progress, os.O_RDWR)
 
     @staticmethod
     def _pwrite(fd, data, offset):
-        view = memoryview(data)
+        view = memoryview(data).cast("B")
         while view:
             n = os.pwrite(fd, view, offset)
             view, offset = view[n:], offset + n
 
     def write(self, row, values):
-        self._pwrite(self.rows, np.ascontiguousarray(values, np.float16).tobytes(),
-                     self.offset + row * self.row_bytes)
+        """Writes float16 rows from `row` on; returns their CRC-32."""
+        values = np.ascontiguousarray(values, np.float16)
+        self._pwrite(self.rows, values, self.offset + row * self.row_bytes)
+        return zlib.crc32(values)
+
+    def read_batch(self, k, n):
+        start = k * self.batch_size
+        size = (min(n, start + self.batch_size) - start) * self.row_bytes
+        return os.pread(self.rows, size, self.offset + start * self.row_bytes)
 
     def mark_done(self, batches):
+        """batches: (k, crc) pairs whose rows are written."""
         if not batches:
             return
         os.fsync(self.rows)  # rows reach the disk before their batch is marked done
-        for k in batches:
-            self._pwrite(self.marks, b"\1", int(k))
+        for k, crc in batches:
+            self._pwrite(self.marks, MARK.pack(DONE, crc), int(k) * MARK.size)
         os.fsync(self.marks)
+
+    def clear(self, batches):
+        for k in batches:
+            self._pwrite(self.marks, bytes(MARK.size), int(k) * MARK.size)
+        if batches:
+            os.fsync(self.marks)
 
     def close(self):
         os.close(self.rows)
@@ -169,9 +251,9 @@ def _on_all_ranks(d, fn):
     return out[0]
 
 
-def extract(dataset, model, out_path, *, batch_size=256, workers=2, amp="bf16", flip=False,
-            device=None, input_size=None, mean=127.5, std=127.5, labels_path=None,
-            resume=True, progress=True, sync_every=10.0):
+def extract(dataset, model, out_path, *, batch_size=256, workers=None, amp="bf16", flip=False,
+            device=None, input_size=None, mean=127.5, std=127.5, channel_order="rgb",
+            labels_path=None, resume=True, progress=True, sync_every=10.0, pin_memory=None):
     """Embeds every face of ``dataset`` with ``model`` into ``out_path`` (N x d
     float16 .npy, rows L2-normalised) and its labels into ``labels_path``
     (default: labels.npy beside); returns ``out_path``.
@@ -179,14 +261,27 @@ def extract(dataset, model, out_path, *, batch_size=256, workers=2, amp="bf16", 
     ``amp``: "bf16" / "fp16" autocast or None; ``flip``: add the embedding of
     the mirrored face; ``input_size``: resize faces to this square size
     (default: the model's own when it states one, else the images' size);
-    ``mean``/``std``: pixel normalisation, (x - 127.5) / 127.5 as insightface.
+    ``mean``/``std``: pixel normalisation (x - mean) / std, one number or one
+    per channel in the model's channel order, (x - 127.5) / 127.5 as
+    insightface; ``channel_order``: "rgb" or "bgr", what the model takes (the
+    layout, NCHW or NHWC, comes from an ONNX model's input shape).
+    ``workers``: DataLoader processes (default: from the device and the core
+    count, see ``runtime.default_workers``); ``pin_memory``: page-locked
+    batches for the copy to a GPU (default: on CUDA).
     Under torchrun every rank takes a contiguous share of the batches still to
     do, into the same file; rank 0 finishes it. With ``resume`` a finished
     output with the same settings is kept as is and an unfinished one is
     continued; ``sync_every`` (s) is how often done batches are recorded."""
     t0 = time.time()
-    if batch_size < 1:
-        raise ValueError("batch_size must be >= 1, got %r" % (batch_size,))
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError("batch_size must be an integer >= 1, got %r" % (batch_size,))
+    if input_size is not None and (isinstance(input_size, bool) or not isinstance(input_size, int)
+                                   or input_size < 1):
+        raise ValueError("input_size must be a positive integer (pixels), got %r"
+                         % (input_size,))
+    if channel_order not in rt.CHANNEL_ORDERS:
+        raise ValueError("channel_order must be 'rgb' or 'bgr', got %r" % (channel_order,))
+    mean, std = rt.per_channel(mean, "mean"), rt.per_channel(std, "std")
     rt.autocast("cpu", amp)  # validates amp
     ds = rt.open_dataset(dataset)
     labels = rt.dataset_labels(ds)
@@ -203,19 +298,84 @@ def extract(dataset, model, out_path, *, batch_size=256, workers=2, amp="bf16", 
             raise ValueError("the first face is %d x %d (not square) and the model states no "
                              "input size: pass input_size" % (h, w))
         size = int(h)
-    faces = rt.IndexedFaces(ds, size=size)
-    probe = _embed(net, rt.to_input(first, dev, size, mean, std), dev, amp, flip)
-    config = dict(n=n, dim=int(probe.shape[1]), batch_size=int(batch_size), flip=bool(flip),
+    net.check(size)
+    prep = dict(size=size, mean=mean, std=std, channel_order=channel_order,
+                channels_last=net.channels_last)
+    config = dict(n=n, dim=net.dim or _probe(net, first, dev, amp, flip, prep),
+                  batch_size=int(batch_size), flip=bool(flip),
                   amp=amp if net.uses_autocast else None, input_size=size,
-                  image_size=list(first.shape[-2:]), mean=float(mean), std=float(std),
-                  model=net.fingerprint,
+                  image_size=list(first.shape[-2:]), mean=mean, std=std,
+                  channel_order=channel_order, layout=net.layout, model=net.fingerprint,
                   labels=hashlib.sha256(labels.tobytes()).hexdigest())
-    return _run(ds, faces, labels, net, config, out_path, labels_path, d, dev, workers,
-                resume, progress, sync_every, t0)
+    if workers is None:
+        workers = rt.default_workers(dev)
+    pin = dev.type == "cuda" if pin_memory is None else bool(pin_memory)
+    return _run(ds, rt.IndexedFaces(ds, size=size), labels, net, config, prep, out_path,
+                labels_path, d, dev, workers, pin, resume, progress, sync_every, t0)
 
 
-def _run(ds, faces, labels, net, config, out_path, labels_path, d, dev, workers, resume,
-         progress, sync_every, t0):
+def _probe(net, first, dev, amp, flip, prep):
+    """The embedding size, from one face; a model that cannot take the input
+    fails here, before any file is made."""
+    try:
+        return int(_embed(net, rt.to_input(first, dev, **prep), dev, amp, flip).shape[1])
+    except Exception as e:
+        raise ValueError("%s fails on a 1 x 3 x %d x %d float input (%s: %s)" % (
+            net.desc, prep["size"], prep["size"], type(e).__name__, e)) from e
+
+
+class _Timer:
+    """Seconds spent per part of the loop, for the summary line."""
+
+    def __init__(self):
+        self.t = dict(decode=0.0, model=0.0, write=0.0, sync=0.0)
+        self.last = time.perf_counter()
+
+    def lap(self, part):
+        now = time.perf_counter()
+        self.t[part] += now - self.last
+        self.last = now
+
+    def __str__(self):
+        return "decode %.1f s, model %.1f s, write %.1f s, sync %.1f s" % tuple(self.t.values())
+
+
+class _Batch:
+    """One batch's embeddings on their way to the host. On CUDA the copy is
+    queued behind the forward pass into pinned memory and waited for only
+    after the next batch is launched, so the GPU never idles on the host:
+    one host sync per batch. On the CPU it is a plain tensor."""
+
+    def __init__(self, k, idx, net, img, dev, config, prep):
+        self.k, self.idx = k, idx
+        x = rt.to_input(img, dev, **prep)
+        e = _embed(net, x, dev, config["amp"], config["flip"])
+        norm = e.norm(dim=1, keepdim=True)
+        # 0 fine, 1 zero, 2 not finite: sent with the rows, so one copy serves both
+        kind = torch.where(norm == 0, 1, torch.where(torch.isfinite(norm), 0, 2))
+        out = torch.cat([(e / norm).to(torch.float16).view(torch.int16),
+                         kind.to(torch.int16)], 1)
+        self.event = None
+        if out.device.type == "cuda":
+            self.host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+            self.host.copy_(out, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.host = out
+
+    def rows(self):
+        """(float16 rows, (position, kind) of the first bad row or None)."""
+        if self.event is not None:
+            self.event.synchronize()
+        host = self.host.numpy()
+        bad = np.flatnonzero(host[:, -1])
+        rows = np.ascontiguousarray(host[:, :-1]).view(np.float16)
+        return rows, (int(bad[0]), int(host[bad[0], -1])) if len(bad) else None
+
+
+def _run(ds, faces, labels, net, config, prep, out_path, labels_path, d, dev, workers, pin,
+         resume, progress, sync_every, t0):
     n, bs = config["n"], config["batch_size"]
     n_batches = -(-n // bs)
     p = _paths(out_path, labels_path)
@@ -225,47 +385,65 @@ def _run(ds, faces, labels, net, config, out_path, labels_path, d, dev, workers,
                   % (p["out"], n, config["dim"], p["out"]), flush=True)
         return p["out"]
 
-    todo = np.flatnonzero(np.fromfile(p["progress"], np.uint8) == 0)
+    todo = np.flatnonzero(~batches_done(p["progress"]))
     # every rank must split the same list: none may mark a batch done before all have read
     d.barrier()
     mine = np.array_split(todo, d.world)[d.rank]  # a contiguous share of what is left
     was_done = n_batches - len(todo)
-    out = _Rows(p["partial"], p["progress"])
+    out = _Rows(p["partial"], p["progress"], bs)
     loader = DataLoader(faces, batch_sampler=[range(k * bs, min(n, (k + 1) * bs)) for k in mine],
-                        num_workers=workers if len(mine) > 1 else 0,
-                        pin_memory=dev.type == "cuda")
+                        num_workers=workers if len(mine) > 1 else 0, pin_memory=pin,
+                        collate_fn=rt.collate)
     bar = None
     if progress and d.main:
         from tqdm import tqdm
         bar = tqdm(total=len(mine), desc="extract", unit="batch", file=sys.stderr,
                    dynamic_ncols=True)
-    pending, last_sync = [], time.time()
+    pending, last_sync, timer = [], time.time(), _Timer()
 
     def sync():
         out.mark_done(pending)
         pending.clear()
 
+    def store(batch):
+        rows, bad = batch.rows()
+        timer.lap("model")
+        if bad is not None:
+            i = int(batch.idx[bad[0]])
+            raise ValueError("the model gave a %s embedding for face %d (%s); with amp='fp16' "
+                             "try amp='bf16' or None" % (
+                                 "zero" if bad[1] == 1 else "non-finite", i, _where(ds, i)))
+        pending.append((batch.k, out.write(int(batch.idx[0]), rows)))
+        timer.lap("write")
+        if bar is not None:
+            bar.update()
+
     try:
-        for k, (img, _, idx) in zip(mine, loader):
-            x = rt.to_input(img, dev, config["input_size"], config["mean"], config["std"])
-            e = _embed(net, x, dev, config["amp"], config["flip"])
-            norm = e.norm(dim=1, keepdim=True)
-            bad = ~torch.isfinite(norm[:, 0]) | (norm[:, 0] == 0)
-            if bool(bad.any()):
-                pos = int(bad.nonzero()[0, 0])
-                i = int(idx[pos])
-                raise ValueError("the model gave a %s embedding for face %d (%s); with amp='fp16' "
-                                 "try amp='bf16' or None" % (
-                                     "zero" if norm[pos, 0] == 0 else "non-finite",
-                                     i, _where(ds, i)))
-            out.write(int(idx[0]), (e / norm).to(torch.float16).cpu().numpy())
-            pending.append(k)
+        last, batches = None, zip(mine, loader)
+        while True:
+            try:
+                k, (img, _, idx) = next(batches)
+            except StopIteration:
+                break
+            except BaseException:  # a failed read: keep the batch already embedded
+                if last is not None:
+                    store(last)
+                    sync()
+                raise
+            timer.lap("decode")
+            batch = _Batch(k, idx, net, img, dev, config, prep)
+            timer.lap("model")
+            if last is not None:  # the previous batch, while this one runs
+                store(last)
+            last = batch
             if time.time() - last_sync >= sync_every:
                 sync()
                 last_sync = time.time()
-            if bar is not None:
-                bar.update()
+                timer.lap("sync")
+        if last is not None:
+            store(last)
         sync()
+        timer.lap("sync")
     finally:
         out.close()
     if bar is not None:
@@ -273,7 +451,7 @@ def _run(ds, faces, labels, net, config, out_path, labels_path, d, dev, workers,
     d.barrier()
 
     def finish():
-        left = int((np.fromfile(p["progress"], np.uint8) == 0).sum())
+        left = int((~batches_done(p["progress"])).sum())
         if left:
             raise RuntimeError("%d of %d batches of %s are not done after every rank finished"
                                % (left, n_batches, p["partial"]))
@@ -288,9 +466,9 @@ def _run(ds, faces, labels, net, config, out_path, labels_path, d, dev, workers,
 
     _on_all_ranks(d, finish)
     if d.main:
-        print("extract: %d faces x %d dims float16 with %s (%s%s, %d rank%s)%s; %.1f s -> %s"
+        print("extract: %d faces x %d dims float16 with %s (%s%s, %d rank%s)%s; %.1f s (%s) -> %s"
               % (n, config["dim"], net.desc, "amp %s" % config["amp"],
                  ", flip-sum" if config["flip"] else "", d.world, "s" if d.world > 1 else "",
                  "; resumed with %d of %d batches done" % (was_done, n_batches)
-                 if was_done else "", time.time() - t0, p["out"]), flush=True)
+                 if was_done else "", time.time() - t0, timer, p["out"]), flush=True)
     return p["out"]

@@ -8,6 +8,7 @@ written atomically after every epoch and a rerun resumes from it.
     ckpt = train_proxy("train.rec", "out/proxy", fraction=0.1, epochs=10)
     model = load_proxy(ckpt)           # the backbone, in eval mode
 """
+import contextlib
 import math
 import os
 import sys
@@ -145,7 +146,7 @@ def train_proxy(dataset, out_dir, *, subset="identities", fraction=0.1, seed=0,
                 backbone="iresnet18", head="arcface", embedding_size=512, input_size=112,
                 epochs=10, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4,
                 schedule="cosine", warmup_epochs=0.0, scale=64.0, margin=None,
-                model_kwargs=None, amp="bf16", workers=2, resume=True, log_every=50,
+                model_kwargs=None, amp="bf16", workers=None, resume=True, log_every=50,
                 device=None, progress=True, clip_grad=5.0):
     """Trains a proxy model and returns the path of its checkpoint
     (``out_dir/proxy.pt``). ``dataset``: a path for facenms.data.open_dataset
@@ -153,7 +154,8 @@ def train_proxy(dataset, out_dir, *, subset="identities", fraction=0.1, seed=0,
     trains on its share (DistributedSampler) and rank 0 writes the checkpoint.
     With ``resume`` a finished checkpoint is returned as is and an unfinished
     one is continued from its last epoch. ``amp``: "bf16", "fp16" (with a
-    GradScaler) or None."""
+    GradScaler) or None. ``workers``: DataLoader processes (default: from the
+    device and the core count, see ``runtime.default_workers``)."""
     t0 = time.time()
     if schedule not in SCHEDULES:
         raise ValueError("schedule must be one of %s, got %r" % (SCHEDULES, schedule))
@@ -164,6 +166,8 @@ def train_proxy(dataset, out_dir, *, subset="identities", fraction=0.1, seed=0,
     ds = rt.open_dataset(dataset)
     labels = rt.dataset_labels(ds)
     d, dev = join(device)
+    if workers is None:
+        workers = rt.default_workers(dev)
     config = dict(
         n_faces=len(ds), subset=subset, fraction=float(fraction), seed=int(seed),
         backbone=backbone, head=head, embedding_size=int(embedding_size),
@@ -200,7 +204,7 @@ def _train(ds, labels, out_dir, config, d, dev, batch_size, workers, resume, log
                                  seed=config["seed"], drop_last=True)
     loader = DataLoader(faces, batch_size=batch_size, sampler=sampler, drop_last=True,
                         num_workers=workers, pin_memory=dev.type == "cuda",
-                        persistent_workers=workers > 0)
+                        persistent_workers=workers > 0, collate_fn=rt.collate)
     steps = len(loader)
     if steps == 0:
         raise ValueError("the proxy subset has %d faces, %d per process: not one full batch "
@@ -217,6 +221,31 @@ def _train(ds, labels, out_dir, config, d, dev, batch_size, workers, resume, log
         from tqdm import tqdm
         bar = tqdm(total=(config["epochs"] - state.start) * steps, desc="proxy", unit="batch",
                    file=sys.stderr, dynamic_ncols=True)
+    with _cudnn_benchmark(dev):
+        _epochs(model, state, loader, sampler, config, d, dev, idx, ck_path, steps, clip_grad,
+                bar, log_every)
+    if bar is not None:
+        bar.close()
+    if d.main:
+        print(_summary(config, ck_path, state.history, len(idx), n_classes, time.time() - t0),
+              flush=True)
+    return ck_path
+
+
+@contextlib.contextmanager
+def _cudnn_benchmark(dev):
+    """cuDNN picks the fastest convolutions for the (fixed) batch shape; training
+    makes no bit-for-bit promise, so the timing-based choice is fine here."""
+    old = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = old or dev.type == "cuda"
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = old
+
+
+def _epochs(model, state, loader, sampler, config, d, dev, idx, ck_path, steps, clip_grad, bar,
+            log_every):
     for epoch in range(state.start, config["epochs"]):
         te = time.time()
         sampler.set_epoch(epoch)
@@ -234,12 +263,6 @@ def _train(ds, labels, out_dir, config, d, dev, batch_size, workers, resume, log
         if d.main:
             rt.atomic_torch_save(state.checkpoint(epoch + 1, len(idx)), ck_path)
         d.barrier()  # no rank runs ahead of the checkpoint it may have to resume from
-    if bar is not None:
-        bar.close()
-    if d.main:
-        print(_summary(config, ck_path, state.history, len(idx), n_classes, time.time() - t0),
-              flush=True)
-    return ck_path
 
 
 class _State:
@@ -249,7 +272,8 @@ class _State:
         self.config, self.n_classes = config, n_classes
         torch.manual_seed(config["seed"])  # the same initial weights on every rank
         self.backbone, self.head = _build(config, n_classes)
-        self.net = ProxyNet(self.backbone, self.head).to(dev)
+        # channels_last: the layout oneDNN and cuDNN convolve fastest, forward and backward
+        self.net = ProxyNet(self.backbone, self.head).to(dev, memory_format=torch.channels_last)
         self.params = [p for p in self.net.parameters() if p.requires_grad]
         self.opt = torch.optim.SGD(self.params, lr=config["lr"], momentum=config["momentum"],
                                    weight_decay=config["weight_decay"])
@@ -288,9 +312,10 @@ def _epoch(model, state, loader, gen, dev, clip_grad, bar, log_every, epoch):
     amp, opt, scaler = state.config["amp"], state.opt, state.scaler
     loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
     for step, (img, y, _) in enumerate(loader):
-        x = rt.to_input(img, dev)
+        x = rt.to_input(img, dev, channels_last=True)
         flip = (torch.rand(len(x), generator=gen) < 0.5).to(dev)
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x).contiguous(
+            memory_format=torch.channels_last)
         y = y.to(dev, non_blocking=True)
         with rt.autocast(dev, amp):
             logits = model(x, y)

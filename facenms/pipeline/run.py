@@ -137,8 +137,9 @@ def _proxy(cfg, ds, work, paths, progress):
 def _extract(cfg, ds, paths, progress):
     from .extract import extract
     t = time.perf_counter()
-    extract(ds, paths["proxy"], paths["features"], labels_path=paths["labels"],
-            progress=progress, **cfg.get("extract", {}))
+    kw = dict(cfg.get("extract", {}))
+    model = kw.pop("model", paths["proxy"])  # [extract] model = ...: another face model
+    extract(ds, model, paths["features"], labels_path=paths["labels"], progress=progress, **kw)
     _log("extract", "%s (%.1f s)" % (paths["features"], time.perf_counter() - t))
 
 
