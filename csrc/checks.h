@@ -1,7 +1,7 @@
 // Argument checks shared by every backend of every op. The CPU library is
 // built on PyTorch's stable ABI (FACENMS_STABLE_ABI: torch::stable::Tensor,
-// STD_TORCH_CHECK); the CUDA library on ATen. One body serves both, so the
-// messages are the same whichever device runs.
+// errors as std::runtime_error); the CUDA library on ATen (TORCH_CHECK).
+// One body serves both, so the messages are the same whichever device runs.
 #pragma once
 
 #include <cstdint>
@@ -10,8 +10,25 @@
 #ifdef FACENMS_STABLE_ABI
 #include <torch/csrc/stable/tensor.h>
 #include <torch/headeronly/core/ScalarType.h>
-#include <torch/headeronly/util/Exception.h>
-#define FACENMS_CHECK STD_TORCH_CHECK
+
+#include <sstream>
+#include <stdexcept>
+
+namespace facenms::detail {
+template <typename... A>
+[[noreturn]] void fail(const A&... a) {
+  std::ostringstream s;
+  (s << ... << a);
+  throw std::runtime_error(s.str());
+}
+}  // namespace facenms::detail
+
+// A std::runtime_error (a RuntimeError in Python) with the message alone, as
+// TORCH_CHECK gives; STD_TORCH_CHECK would prefix the function, file and line.
+#define FACENMS_CHECK(cond, ...) \
+  do {                           \
+    if (!(cond)) ::facenms::detail::fail(__VA_ARGS__); \
+  } while (0)
 #else
 #include <ATen/ATen.h>
 #define FACENMS_CHECK TORCH_CHECK
@@ -28,10 +45,10 @@ using CheckTensor = at::Tensor;
 #endif
 
 inline bool is_floating(c10::ScalarType t) {
+  using S = c10::ScalarType;
   switch (t) {
-    case c10::ScalarType::Half: case c10::ScalarType::Float: case c10::ScalarType::Double:
-    case c10::ScalarType::BFloat16: case c10::ScalarType::Float8_e5m2: case c10::ScalarType::Float8_e4m3fn:
-    case c10::ScalarType::Float8_e5m2fnuz: case c10::ScalarType::Float8_e4m3fnuz:
+    case S::Half: case S::Float: case S::Double: case S::BFloat16:
+    case S::Float8_e5m2: case S::Float8_e4m3fn: case S::Float8_e5m2fnuz: case S::Float8_e4m3fnuz:
       return true;
     default:
       return false;

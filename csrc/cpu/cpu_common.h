@@ -8,11 +8,12 @@
 #include <torch/csrc/stable/tensor.h>
 #include <torch/headeronly/core/ScalarType.h>
 #include <torch/headeronly/util/BFloat16.h>
-#include <torch/headeronly/util/Exception.h>
 #include <torch/headeronly/util/Half.h>
 
 #include <cstdint>
 #include <cstring>
+
+#include "../checks.h"
 
 // Hot loops are compiled for the x86-64 levels v4 (AVX-512), v3 (AVX2, FMA)
 // and a baseline; the dynamic loader picks by the features the CPU reports
@@ -42,7 +43,7 @@ void dispatch_floating(ScalarType t, const char* name, F&& f) {
     case ScalarType::Double: return f(double{});
     case ScalarType::Half: return f(c10::Half{});
     case ScalarType::BFloat16: return f(c10::BFloat16{});
-    default: STD_TORCH_CHECK(false, '"', name, "\" not implemented for '", t, "'");
+    default: FACENMS_CHECK(false, '"', name, "\" not implemented for '", t, "'");
   }
 }
 

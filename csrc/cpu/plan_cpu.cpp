@@ -13,6 +13,7 @@
 #include <numeric>
 #include <vector>
 
+#include "../checks.h"
 #include "../nms_common.h"
 #include "cpu_common.h"
 
@@ -22,9 +23,9 @@ namespace {
 // Returns sched (C,) and tiles (n_tiles, 4): identity, kb, mb, mask offset of
 // the tile's (0, 0) byte.
 std::tuple<Tensor, Tensor> nms_plan_cpu(const Tensor& offsets_in) {
-  STD_TORCH_CHECK(offsets_in.dim() == 1 && offsets_in.scalar_type() == ScalarType::Long &&
-                      offsets_in.numel() >= 2,
-                  "_nms_plan: expected int64 offsets of length C + 1 >= 2");
+  FACENMS_CHECK(offsets_in.dim() == 1 && offsets_in.scalar_type() == ScalarType::Long &&
+                    offsets_in.numel() >= 2,
+                "_nms_plan: expected int64 offsets of length C + 1 >= 2");
   const Tensor offsets = torch::stable::contiguous(offsets_in);
   const int64_t c = offsets.numel() - 1;
   const int64_t* off = offsets.const_data_ptr<int64_t>();

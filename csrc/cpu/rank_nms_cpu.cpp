@@ -100,7 +100,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> rank_nms_cpu(const Tensor& x, const T
   });
   int64_t first_bad = std::numeric_limits<int64_t>::max();
   for (const auto& s : scratch) first_bad = std::min(first_bad, s.bad);
-  if (first_bad != std::numeric_limits<int64_t>::max()) torch::stable::fill_(bad, (double)first_bad);
+  if (first_bad != std::numeric_limits<int64_t>::max())
+    torch::stable::fill_(bad, (double)first_bad);  // exact: row indices are < 2**53
   return {ranked, bits, counts, bad};
 }
 

@@ -252,8 +252,8 @@ inline std::tuple<Tensor, Tensor> nms_outputs(const Tensor& x, const Tensor& ord
   const double* thr = thresholds.const_data_ptr<double>();
   for (int64_t r = 0; r < thresholds.numel() / *lanes; ++r)
     for (int j = 1; j < *lanes; ++j)
-      STD_TORCH_CHECK(thr[r * *lanes + j - 1] <= thr[r * *lanes + j],
-                      "nms: thresholds must be ascending in every row");
+      FACENMS_CHECK(thr[r * *lanes + j - 1] <= thr[r * *lanes + j],
+                    "nms: thresholds must be ascending in every row");
   return {torch::stable::new_zeros(order, {order.numel()}),
           torch::stable::new_zeros(order, thresholds.sizes())};
 }

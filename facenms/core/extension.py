@@ -38,14 +38,22 @@ def built():
         return {}
 
 
+def _fix():
+    """The one command that rebuilds for the installed torch, run from the source tree."""
+    installed = os.path.basename(os.path.dirname(HERE)) in ("site-packages", "dist-packages")
+    return FIX if installed else "pip install --no-build-isolation -e ."
+
+
 def _why(msg, build):
     """The first line of the ImportError: what is wrong, naming both torches."""
     against = build.get("torch", "an unknown torch")
     target = build.get("stable_abi_target")
     if "No module named" in msg:
-        return ("facenms._C is not built (no compiled extension next to %s). Importing "
-                "from a source checkout needs an in-place build: "
-                "pip install --no-build-isolation -e ." % HERE)
+        return ("facenms._C is not built (no compiled extension next to %s; torch %s is "
+                "installed%s). Fix, from the source tree: %s" % (
+                    HERE, torch.__version__,
+                    ", the recorded build was against torch %s" % against if build else "",
+                    _fix()))
     if target and _release(torch.__version__) < _release(target):
         return ("facenms._C was built against torch %s for torch >= %s, but torch %s is "
                 "installed. Fix: pip install 'torch>=%s'" % (against, target,
@@ -53,7 +61,7 @@ def _why(msg, build):
     return ("facenms._C (built against torch %s%s) failed to load under the installed torch "
             "%s: %s. Fix, from the source tree: %s"
             % (against, ", for torch >= %s" % target if target else "", torch.__version__,
-               msg, FIX))
+               msg, _fix()))
 
 
 def _import():
@@ -85,14 +93,14 @@ def _load_cuda(build):
         return {"cuda_library": "not loaded",
                 "cuda_error": "facenms._C_cuda was built against torch %s and loads only "
                               "under that release, but torch %s is installed. Fix, from the "
-                              "source tree: %s" % (against, torch.__version__, FIX)}
+                              "source tree: %s" % (against, torch.__version__, _fix())}
     try:
         importlib.import_module("facenms._C_cuda")
     except ImportError as e:
         return {"cuda_library": "not loaded",
                 "cuda_error": "facenms._C_cuda (built against torch %s) failed to load under "
                               "torch %s: %s. Fix, from the source tree: %s"
-                              % (against or "?", torch.__version__, e, FIX)}
+                              % (against or "?", torch.__version__, e, _fix())}
     return {"cuda_library": "loaded", "cuda_archs": build.get("cuda_archs", "")}
 
 
