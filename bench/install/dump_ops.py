@@ -3,10 +3,10 @@
     PYTHONPATH=<tree B> python bench/install/dump_ops.py b.npz
     python bench/install/dump_ops.py --compare a.npz b.npz
 """
-import sys, numpy as np, torch
-import facenms
-from facenms.core import ops
-from facenms.eval.embeddings import webface_like
+import sys
+
+import numpy as np
+
 if sys.argv[1] == "--compare":
     a, b = np.load(sys.argv[2]), np.load(sys.argv[3])
     assert sorted(a.files) == sorted(b.files), "different sets of outputs"
@@ -14,6 +14,13 @@ if sys.argv[1] == "--compare":
            or a[k].tobytes() != b[k].tobytes()]
     print("%d outputs compared, %d differ%s" % (len(a.files), len(bad), ": " + ", ".join(bad[:10]) if bad else ""))
     sys.exit(1 if bad else 0)
+
+import torch  # noqa: E402
+
+import facenms  # noqa: E402
+from facenms.core import ops  # noqa: E402
+from facenms.eval.embeddings import webface_like  # noqa: E402
+
 out = {}
 for seed, (n, d) in enumerate([(3000, 32), (5000, 128), (800, 17), (2000, 512)]):
     x, labels = webface_like(n, dim=d, seed=seed)
