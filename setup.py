@@ -149,6 +149,9 @@ class BuildExt(cpp_extension.BuildExtension):
     def run(self):
         super().run()
         out = os.path.dirname(self.get_ext_fullpath("facenms._C"))
+        if not WITH_CUDA:  # a CUDA library left by an earlier build would not match _build.json
+            for stale in glob.glob(os.path.join(out, "_C_cuda*")):
+                os.remove(stale)
         with open(os.path.join(out, "_build.json"), "w") as f:
             json.dump(BUILD, f, indent=1)
 

@@ -222,7 +222,8 @@ void walk_identities(const Tensor& x, const int64_t* order, const int64_t* offse
                      int64_t n_ident, const double* thr, bool per_identity, int lanes,
                      int64_t min_per_identity, uint64_t* bits, int64_t* counts, Load load) {
   const int64_t d = x.size(1);
-  const int threads = std::max<int64_t>(1, std::min<int64_t>(torch::stable::get_num_threads(), n_ident));
+  const int64_t torch_threads = torch::stable::get_num_threads();
+  const int threads = std::max<int64_t>(1, std::min<int64_t>(torch_threads, n_ident));
   std::vector<std::vector<int64_t>> partial(threads, std::vector<int64_t>(per_identity ? 0 : lanes));
   std::vector<std::vector<float>> ys(threads);
   std::vector<std::vector<int64_t>> kepts(threads);
