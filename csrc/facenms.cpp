@@ -1,20 +1,24 @@
-// Op schemas of the facenms library. Kernels register per backend in
-// cpu/*.cpp and cuda/*.cu.
-#include <torch/library.h>
-#include <torch/version.h>
+// Op schemas of the facenms library and its build info. CPU kernels register
+// in cpu/*.cpp; CUDA kernels live in a library of their own (cuda/, loaded
+// only under a torch with CUDA). This library uses PyTorch's stable ABI only:
+// built once against any torch, it loads under every torch from
+// TORCH_TARGET_VERSION on.
+#include <torch/csrc/stable/library.h>
+#include <torch/headeronly/version.h>
 
 #include <string>
 
 #ifndef FACENMS_BUILD_FLAGS
 #define FACENMS_BUILD_FLAGS ""
 #endif
-#ifndef FACENMS_CUDA_ARCHS
-#define FACENMS_CUDA_ARCHS ""
-#endif
+
+#define FACENMS_STR2(x) #x
+#define FACENMS_STR(x) FACENMS_STR2(x)
 
 #ifdef TORCH_EXTENSION_NAME  // built as the Python module facenms._C
 #include <Python.h>
-// The module only carries the ops; `import facenms._C` registers them.
+// The module only carries the ops: importing it registers them. Python's
+// limited API (Py_LIMITED_API) keeps this one binary valid for every CPython 3.
 PyMODINIT_FUNC PyInit__C(void) {
   static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
   return PyModule_Create(&def);
@@ -23,12 +27,29 @@ PyMODINIT_FUNC PyInit__C(void) {
 
 namespace facenms {
 
-std::string build_info() {
-  std::string s = "torch=" TORCH_VERSION;
-#ifdef WITH_CUDA
-  s += "\ncuda=1\ncuda_archs=" FACENMS_CUDA_ARCHS;
+// The clone of the hot loops (cpu_common.h) the loader's resolver picks on
+// this CPU, asked through the same resolver: three versions of one function.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
+__attribute__((target("arch=x86-64-v4"))) const char* isa_level() { return "x86-64-v4"; }
+__attribute__((target("arch=x86-64-v3"))) const char* isa_level() { return "x86-64-v3"; }
+__attribute__((target("default"))) const char* isa_level() { return "baseline"; }
+#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target("avx512f"))) const char* isa_level() { return "avx512f"; }
+__attribute__((target("avx2"))) const char* isa_level() { return "avx2"; }
+__attribute__((target("default"))) const char* isa_level() { return "baseline"; }
 #else
-  s += "\ncuda=0";
+const char* isa_level() { return "baseline (no clones)"; }
+#endif
+
+namespace {
+
+std::string build_info() {
+  // TORCH_VERSION: the headers this was compiled with; the stable ABI target
+  // is the oldest torch it loads under.
+  std::string s = "torch=" TORCH_VERSION;
+#ifdef TORCH_TARGET_VERSION
+  s += "\nstable_abi_target=" + std::to_string((TORCH_TARGET_VERSION >> 56) & 0xff) + "." +
+       std::to_string((TORCH_TARGET_VERSION >> 48) & 0xff);
 #endif
 #if defined(__clang__)
   s += "\ncompiler=clang " __clang_version__;
@@ -38,11 +59,15 @@ std::string build_info() {
 #ifdef _OPENMP
   s += "\nopenmp=" + std::to_string(_OPENMP);
 #endif
+  s += "\ncpu_isa=";
+  s += isa_level();
   s += "\nflags=" FACENMS_BUILD_FLAGS;
   return s;
 }
 
-TORCH_LIBRARY(facenms, m) {
+}  // namespace
+
+STABLE_TORCH_LIBRARY(facenms, m) {
   // Per-row float64 norms and sparsity scores s = 1 - cos(x, centre of the
   // identity), rounded to a multiple of 2**-20, for rows `order` grouped by
   // the CSR `offsets`. Both outputs follow `order`.
@@ -68,10 +93,16 @@ TORCH_LIBRARY(facenms, m) {
   // then its identity is not walked).
   m.def("rank_nms(Tensor x, Tensor order, Tensor offsets, Tensor thresholds, int min_keep,"
         " bool centrality) -> (Tensor, Tensor, Tensor, Tensor)");
-  // The CUDA schedule and tile table, computed on the CPU (for tests): sched
-  // (C,) and tiles (n_tiles, 4) = identity, kb, mb, mask offset.
+  // The CUDA schedule and tile table, computed on the host with the code the
+  // CUDA library runs (cuda/plan_host.cpp; for tests): sched (C,) and tiles
+  // (n_tiles, 4) = identity, kb, mb, mask offset. Not part of the API.
   m.def("_nms_plan(Tensor offsets) -> (Tensor, Tensor)");
-  m.def("build_info", &build_info);
+  m.def("build_info() -> str");
+}
+
+// build_info takes no tensor, so it is registered under the catch-all key.
+STABLE_TORCH_LIBRARY_IMPL(facenms, CompositeExplicitAutograd, m) {
+  m.impl("build_info", TORCH_BOX(&build_info));
 }
 
 }  // namespace facenms

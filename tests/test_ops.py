@@ -19,7 +19,8 @@ def _sorted_input(n=400, d=16, seed=0):
 
 def test_build_info_reports_the_build():
     info = facenms.build_info()
-    assert info["torch"].split("+")[0] == torch.__version__.split("+")[0]
+    # stable ABI: compiled with some torch, loads under every torch from its target on
+    assert info["torch"] and info["stable_abi_target"]
     assert info["compiler"] and "flags" in info
     # with CUDA compiled in, the kernels are registered with the dispatcher
     assert info["cuda_kernels_registered"] == info["cuda"]

@@ -1,11 +1,19 @@
-// Helpers of the CPU kernels: per-CPU clones of hot loops, fast conversions.
+// Helpers of the CPU kernels: per-CPU clones of hot loops, fast conversions,
+// the dtype switch. The CPU library uses only PyTorch's stable ABI
+// (torch/csrc/stable, torch/headeronly), so one build loads under every torch
+// from its TORCH_TARGET_VERSION on.
 #pragma once
 
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
+#include <torch/headeronly/core/ScalarType.h>
+#include <torch/headeronly/util/BFloat16.h>
+#include <torch/headeronly/util/Half.h>
 
 #include <cstdint>
 #include <cstring>
+
+#include "../checks.h"
 
 // Hot loops are compiled for the x86-64 levels v4 (AVX-512), v3 (AVX2, FMA)
 // and a baseline; the dynamic loader picks by the features the CPU reports
@@ -22,6 +30,22 @@
 #define FACENMS_INLINE inline __attribute__((always_inline))
 
 namespace facenms {
+
+using Tensor = torch::stable::Tensor;
+using c10::ScalarType;
+
+// Calls f(T{}) with T the element type of x: float, double, c10::Half or
+// c10::BFloat16 (what AT_DISPATCH_FLOATING_TYPES_AND2(Half, BFloat16) covers).
+template <typename F>
+void dispatch_floating(ScalarType t, const char* name, F&& f) {
+  switch (t) {
+    case ScalarType::Float: return f(float{});
+    case ScalarType::Double: return f(double{});
+    case ScalarType::Half: return f(c10::Half{});
+    case ScalarType::BFloat16: return f(c10::BFloat16{});
+    default: FACENMS_CHECK(false, '"', name, "\" not implemented for '", t, "'");
+  }
+}
 
 // Conversions written so the compiler can vectorise them (vcvtph2ps, shifts);
 // c10's scalar conversions do not vectorise.

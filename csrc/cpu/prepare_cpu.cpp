@@ -1,8 +1,5 @@
 // facenms::prepare on the CPU: row norms and sparsity scores in float64.
-#include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
+#include <torch/csrc/stable/library.h>
 
 #include <cmath>
 #include <vector>
@@ -14,11 +11,11 @@ namespace facenms {
 namespace {
 
 template <typename scalar_t>
-void prepare_kernel_impl(const at::Tensor& x, const int64_t* order, const int64_t* offsets,
+void prepare_kernel_impl(const Tensor& x, const int64_t* order, const int64_t* offsets,
                          int64_t n_ident, double* norms, double* scores) {
   const int64_t d = x.size(1), ld = x.stride(0);
-  const scalar_t* base = x.data_ptr<scalar_t>();
-  at::parallel_for(0, n_ident, 16, [&](int64_t c0, int64_t c1) {
+  const scalar_t* base = x.const_data_ptr<scalar_t>();
+  torch::stable::parallel_for(0, n_ident, 16, [&](int64_t c0, int64_t c1) {
     std::vector<double> centre(d);
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t a = offsets[c], n = offsets[c + 1] - a;
@@ -28,22 +25,23 @@ void prepare_kernel_impl(const at::Tensor& x, const int64_t* order, const int64_
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> prepare_cpu(const at::Tensor& x, const at::Tensor& order,
-                                               const at::Tensor& offsets) {
+std::tuple<Tensor, Tensor> prepare_cpu(const Tensor& x, const Tensor& order,
+                                       const Tensor& offsets) {
   check_inputs(x, order, offsets, "prepare");
   const int64_t n = order.numel();
-  auto norms = at::empty({n}, x.options().dtype(at::kDouble));
-  auto scores = at::empty({n}, x.options().dtype(at::kDouble));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "prepare_cpu", [&] {
-    prepare_kernel_impl<scalar_t>(x, order.data_ptr<int64_t>(), offsets.data_ptr<int64_t>(),
-                                  offsets.numel() - 1, norms.data_ptr<double>(),
-                                  scores.data_ptr<double>());
+  auto norms = torch::stable::new_empty(x, {n}, ScalarType::Double);
+  auto scores = torch::stable::new_empty(x, {n}, ScalarType::Double);
+  dispatch_floating(x.scalar_type(), "prepare_cpu", [&](auto tag) {
+    prepare_kernel_impl<decltype(tag)>(x, order.const_data_ptr<int64_t>(),
+                                       offsets.const_data_ptr<int64_t>(), offsets.numel() - 1,
+                                       norms.mutable_data_ptr<double>(),
+                                       scores.mutable_data_ptr<double>());
   });
   return {norms, scores};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(facenms, CPU, m) { m.impl("prepare", &prepare_cpu); }
+STABLE_TORCH_LIBRARY_IMPL(facenms, CPU, m) { m.impl("prepare", TORCH_BOX(&prepare_cpu)); }
 
 }  // namespace facenms

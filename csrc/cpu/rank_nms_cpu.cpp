@@ -1,9 +1,7 @@
 // facenms::rank_nms on the CPU: ranks each identity by its sparsity scores
 // and walks it while its rows are still in cache, so a threshold selection
 // reads the features from memory once.
-#include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
-#include <torch/library.h>
+#include <torch/csrc/stable/library.h>
 
 #include <algorithm>
 #include <limits>
@@ -71,27 +69,30 @@ bool rank_identity(const T* base, int64_t ld, int64_t d, const int64_t* rows, in
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rank_nms_cpu(
-    const at::Tensor& x, const at::Tensor& order, const at::Tensor& offsets,
-    const at::Tensor& thresholds, int64_t min_keep, bool centrality) {
+std::tuple<Tensor, Tensor, Tensor, Tensor> rank_nms_cpu(const Tensor& x, const Tensor& order,
+                                                        const Tensor& offsets,
+                                                        const Tensor& thresholds,
+                                                        int64_t min_keep,
+                                                        bool centrality) {
   check_inputs(x, order, offsets, "rank_nms");
   int lanes;
   auto [bits, counts] = nms_outputs(x, order, offsets, thresholds, min_keep, &lanes);
-  auto ranked = order.clone();
-  auto bad = at::full({}, -1, order.options());
+  auto ranked = torch::stable::clone(order);
+  auto bad = torch::stable::fill_(torch::stable::new_empty(order, {}), -1);
   const int64_t n_ident = offsets.numel() - 1;
   if (n_ident == 0 || order.numel() == 0) return {ranked, bits, counts, bad};
-  const int64_t* ord = order.data_ptr<int64_t>();
-  const int64_t* off = offsets.data_ptr<int64_t>();
-  int64_t* rk = ranked.data_ptr<int64_t>();
+  const int64_t* ord = order.const_data_ptr<int64_t>();
+  const int64_t* off = offsets.const_data_ptr<int64_t>();
+  int64_t* rk = ranked.mutable_data_ptr<int64_t>();
   const int64_t d = x.size(1), ld = x.stride(0);
-  std::vector<RankScratch> scratch(std::max(1, at::get_num_threads()));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "rank_nms_cpu", [&] {
-    const scalar_t* base = x.data_ptr<scalar_t>();
+  std::vector<RankScratch> scratch(std::max<int64_t>(1, torch::stable::get_num_threads()));
+  dispatch_floating(x.scalar_type(), "rank_nms_cpu", [&](auto tag) {
+    using scalar_t = decltype(tag);
+    const scalar_t* base = x.const_data_ptr<scalar_t>();
     walk_identities<scalar_t>(
-        x, ord, off, n_ident, thresholds.data_ptr<double>(), thresholds.dim() == 2, lanes,
-        min_keep, reinterpret_cast<uint64_t*>(bits.data_ptr<int64_t>()),
-        counts.data_ptr<int64_t>(), [&](int64_t c, int tid, float* y) {
+        x, ord, off, n_ident, thresholds.const_data_ptr<double>(), thresholds.dim() == 2, lanes,
+        min_keep, reinterpret_cast<uint64_t*>(bits.mutable_data_ptr<int64_t>()),
+        counts.mutable_data_ptr<int64_t>(), [&](int64_t c, int tid, float* y) {
           const int64_t a = off[c];
           return rank_identity(base, ld, d, ord + a, off[c + 1] - a, centrality, scratch[tid],
                                rk + a, y);
@@ -99,12 +100,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rank_nms_cpu(
   });
   int64_t first_bad = std::numeric_limits<int64_t>::max();
   for (const auto& s : scratch) first_bad = std::min(first_bad, s.bad);
-  if (first_bad != std::numeric_limits<int64_t>::max()) bad.fill_(first_bad);
+  if (first_bad != std::numeric_limits<int64_t>::max())
+    torch::stable::fill_(bad, (double)first_bad);  // exact: row indices are < 2**53
   return {ranked, bits, counts, bad};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(facenms, CPU, m) { m.impl("rank_nms", &rank_nms_cpu); }
+STABLE_TORCH_LIBRARY_IMPL(facenms, CPU, m) { m.impl("rank_nms", TORCH_BOX(&rank_nms_cpu)); }
 
 }  // namespace facenms

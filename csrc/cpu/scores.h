@@ -58,8 +58,8 @@ namespace {
   }
 FACENMS_LOAD_IDENTITY(float)
 FACENMS_LOAD_IDENTITY(double)
-FACENMS_LOAD_IDENTITY(at::Half)
-FACENMS_LOAD_IDENTITY(at::BFloat16)
+FACENMS_LOAD_IDENTITY(c10::Half)
+FACENMS_LOAD_IDENTITY(c10::BFloat16)
 #undef FACENMS_LOAD_IDENTITY
 
 // Norms and scores of rows `rows` (centre: d doubles of scratch). Returns

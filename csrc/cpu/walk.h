@@ -9,9 +9,6 @@
 // of its next one, so reading memory overlaps with computing.
 #pragma once
 
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -83,8 +80,8 @@ void unit_row_scaled(const T* src, int64_t d, float* dst) {
   }
 FACENMS_LOAD_ROWS(float)
 FACENMS_LOAD_ROWS(double)
-FACENMS_LOAD_ROWS(at::Half)
-FACENMS_LOAD_ROWS(at::BFloat16)
+FACENMS_LOAD_ROWS(c10::Half)
+FACENMS_LOAD_ROWS(c10::BFloat16)
 #undef FACENMS_LOAD_ROWS
 
 // Pulls the rows of a thread's next identity into L2, a row at a time, from
@@ -253,15 +250,16 @@ void for_each_identity(const T* base, int64_t ld, int64_t d, const int64_t* orde
 // the rank positions; counts are per lane, or per identity and lane when
 // per_identity.
 template <typename T, typename Load>
-void walk_identities(const at::Tensor& x, const int64_t* order, const int64_t* offsets,
+void walk_identities(const Tensor& x, const int64_t* order, const int64_t* offsets,
                      int64_t n_ident, const double* thr, bool per_identity, int lanes,
                      int64_t min_keep, uint64_t* bits, int64_t* counts, Load load) {
   const int64_t d = x.size(1);
-  const int threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n_ident));
+  const int64_t torch_threads = torch::stable::get_num_threads();
+  const int threads = std::max<int64_t>(1, std::min<int64_t>(torch_threads, n_ident));
   std::vector<std::vector<int64_t>> partial(threads, std::vector<int64_t>(per_identity ? 0 : lanes));
   std::vector<std::vector<float>> ys(threads);
   std::vector<std::vector<int64_t>> kepts(threads);
-  for_each_identity(x.data_ptr<T>(), x.stride(0), d, order, offsets, n_ident, threads,
+  for_each_identity(x.const_data_ptr<T>(), x.stride(0), d, order, offsets, n_ident, threads,
                     [&](int64_t c, int tid, Prefetcher& pf) {
     const int64_t a = offsets[c], n = offsets[c + 1] - a;
     std::vector<float>& y = ys[tid];
@@ -280,17 +278,17 @@ void walk_identities(const at::Tensor& x, const int64_t* order, const int64_t* o
 }
 
 // The (bits, counts) outputs of a pass, after checking the thresholds.
-inline std::tuple<at::Tensor, at::Tensor> nms_outputs(const at::Tensor& x, const at::Tensor& order,
-                                                      const at::Tensor& offsets,
-                                                      const at::Tensor& thresholds,
-                                                      int64_t min_keep, int* lanes) {
+inline std::tuple<Tensor, Tensor> nms_outputs(const Tensor& x, const Tensor& order,
+                                              const Tensor& offsets, const Tensor& thresholds,
+                                              int64_t min_keep, int* lanes) {
   *lanes = check_thresholds(x, thresholds, offsets.numel() - 1, min_keep);
-  const double* thr = thresholds.data_ptr<double>();
+  const double* thr = thresholds.const_data_ptr<double>();
   for (int64_t r = 0; r < thresholds.numel() / *lanes; ++r)
     for (int j = 1; j < *lanes; ++j)
-      TORCH_CHECK(thr[r * *lanes + j - 1] <= thr[r * *lanes + j],
-                  "nms: thresholds must be ascending in every row");
-  return {at::zeros({order.numel()}, order.options()), at::zeros(thresholds.sizes(), order.options())};
+      FACENMS_CHECK(thr[r * *lanes + j - 1] <= thr[r * *lanes + j],
+                    "nms: thresholds must be ascending in every row");
+  return {torch::stable::new_zeros(order, {order.numel()}),
+          torch::stable::new_zeros(order, thresholds.sizes())};
 }
 
 }  // namespace
