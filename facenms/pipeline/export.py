@@ -321,7 +321,10 @@ def write_imagefolder(out_dir, dataset, keep, mode="symlink", overwrite=False,
             i = int(i)
             if isinstance(dataset, ImageFolderDataset):
                 rel, data = dataset.name(i), None
-                if verify != "none":
+                if mode == "copy":  # the bytes checked are the bytes written: one read
+                    data = dataset.read_bytes(i)
+                    check_image(data, dataset.where(i), verify)
+                elif verify != "none":
                     check_image(dataset.read_bytes(i), dataset.where(i), verify)
             else:
                 data, ext = _rec_payload(dataset, i, verify)
@@ -335,11 +338,10 @@ def write_imagefolder(out_dir, dataset, keep, mode="symlink", overwrite=False,
             if data is not None:
                 with open(dst, "wb") as f:
                     f.write(data)
-            elif mode == "symlink":
-                os.symlink(dataset.path(i), dst)
+                    os.fsync(f.fileno())  # while it is open: the commit need not reopen it
             else:
-                shutil.copyfile(dataset.path(i), dst)
-        d.commit()
+                os.symlink(dataset.path(i), dst)
+        d.commit(files_synced=True)
     except BaseException as e:
         d.abort()
         mapped = _restate(e, out_dir)
