@@ -55,12 +55,13 @@ def _guard(outputs, dataset, inputs, need_bytes):
     check_writable(outputs[0], need_bytes)
 
 
-def _restate(e, final):
-    """A full disk (or read-only one) named by the user's path, not the hidden temporary."""
+def _reraise(e, final):
+    """Raise e again; a full (or read-only) disk named by the user's path, not the
+    hidden temporary."""
     mapped = user_error(e, final) if isinstance(e, OSError) else None
-    if mapped is None or mapped is e:
-        return None
-    return mapped
+    if mapped is not None and mapped is not e:
+        raise mapped from None
+    raise e
 
 
 def save_indices(path, keep, inputs=(), dataset=None):
@@ -74,10 +75,7 @@ def save_indices(path, keep, inputs=(), dataset=None):
         with AtomicFiles() as out:
             np.save(out.open(path), keep)
     except OSError as e:
-        mapped = _restate(e, os.fspath(path))
-        if mapped is not None:
-            raise mapped from None
-        raise
+        _reraise(e, os.fspath(path))
     return os.fspath(path)
 
 
@@ -133,10 +131,7 @@ def write_lst(path, dataset, keep, shuffle=False, seed=0, verify="structure", pr
         out.commit()
     except BaseException as e:
         out.abort()
-        mapped = _restate(e, path)
-        if mapped is not None:
-            raise mapped from None
-        raise
+        _reraise(e, path)
     return path
 
 
@@ -280,10 +275,7 @@ def write_recordio(out, dataset, keep, layout="im2rec", shuffle=False, seed=0,
         files.abort()
         if d is not None:
             d.abort()
-        mapped = _restate(e, out)
-        if mapped is not None:
-            raise mapped from None
-        raise
+        _reraise(e, out)
     rec, idxp, prop, mapp = rec_paths(out)
     res = {"rec": rec, "idx": idxp, "property": prop, "label_map": mapp,
            "labels": labels_sidecar_path(rec), "num_classes": int(len(old)),
@@ -344,8 +336,5 @@ def write_imagefolder(out_dir, dataset, keep, mode="symlink", overwrite=False,
         d.commit(files_synced=True)
     except BaseException as e:
         d.abort()
-        mapped = _restate(e, out_dir)
-        if mapped is not None:
-            raise mapped from None
-        raise
+        _reraise(e, out_dir)
     return out_dir

@@ -67,13 +67,14 @@ class Reader:
             mm = mm.base
         self.mm = mm._mmap if isinstance(mm, np.memmap) else (
             mm if isinstance(mm, mmap.mmap) else None)
-        self.shared = self.mm is not None and _mapping(arr)[1] == "shared"
+        inode, kind = _mapping(arr) if self.mm is not None else (None, None)
+        self.shared = kind == "shared"
         self.file = None  # (fd, file position of row 0, bytes between rows)
         if isinstance(arr, np.memmap) and arr.ndim == 2 and self.shared and arr.size and \
                 arr.strides[1] == arr.itemsize and arr.strides[0] >= 0 and \
                 isinstance(arr.filename, str) and os.path.isfile(arr.filename):
             fd = os.open(arr.filename, os.O_RDONLY)
-            if os.fstat(fd).st_ino == _mapping(arr)[0]:
+            if os.fstat(fd).st_ino == inode:
                 # the mapping starts at the granularity boundary below arr.offset
                 start = arr.offset - arr.offset % mmap.ALLOCATIONGRANULARITY
                 base = np.frombuffer(self.mm, dtype=np.uint8, count=1).ctypes.data
