@@ -234,12 +234,32 @@ def floor_copy(ds, out):
     return parts.t
 
 
+def floor_tree(ds, out, sync):
+    """The kept faces' files copied into a tree in order (`cp`), then `sync`."""
+    parts = Parts(torch.device("cpu"))
+    made = set()
+    for i in range(len(ds)):
+        with parts("read"):
+            data = ds.read_bytes(i)
+        with parts("write"):
+            dst = os.path.join(out, ds.name(i))
+            if os.path.dirname(dst) not in made:
+                os.makedirs(os.path.dirname(dst))
+                made.add(os.path.dirname(dst))
+            with open(dst, "wb") as f:
+                f.write(data)
+    if sync:
+        with parts("sync"):
+            os.sync()
+    return parts.t
+
+
 # ------------------------------------------------------------------ the table
 
 ROWS = []
 
 
-def measure(stage, variant, n, floor, ours, repeats, where_ours=None):
+def measure(stage, variant, n, floor, ours, repeats, where_ours=None, floor_name=None):
     """floor(), ours(): each returns its parts dict (or None); run interleaved."""
     tf, to, pf, po = [], [], [], []
     for r in range(repeats):
@@ -250,6 +270,8 @@ def measure(stage, variant, n, floor, ours, repeats, where_ours=None):
             ts.append(time.perf_counter() - t)
             ps.append(parts)
     f, o = statistics.median(tf), statistics.median(to)
+    if floor_name:
+        variant += " vs " + floor_name
     ROWS.append((stage, variant, n / f, n / o, o / f, _where(pf, f), where_ours or _where(po, o),
                  min(to) / min(tf)))
     print("  %-12s %-22s floor %.2f s, facenms %.2f s (%.2fx)" % (stage, variant, f, o, o / f),
@@ -356,21 +378,36 @@ def bench_train(args, dev, tmp, train_set):
 
 
 def bench_export(args, tmp, folder, rec):
+    """RecordIO against its bytes copied into one file; the image folder against that too
+    and against the same files copied into a tree (cp, then sync): a folder pays one
+    create and, durable, one disk write per face, whatever writes it."""
     from facenms.pipeline.export import write_imagefolder, write_recordio
-    for variant, src, write in (
-            ("RecordIO -> RecordIO", rec, lambda ds, out: write_recordio(out, ds, keep)),
-            ("folder -> folder copy", folder,
-             lambda ds, out: write_imagefolder(out, ds, keep, mode="copy"))):
-        ds = open_dataset(src)
-        keep = np.arange(0, len(ds), 2)  # every other face, as a 50% core set
-        sub = Subset(ds, keep)
-        out = os.path.join(tmp, "export-%s-" % src[-3:])
-        runs = iter(range(1 << 30))
+    runs = iter(range(1 << 30))
 
-        def ours():  # a fresh directory each time: removing the last one is not export
-            write(ds, "%s%d" % (out, next(runs)))
-        measure("export", variant, len(keep), lambda: floor_copy(sub, out + ".bin"), ours,
-                args.repeats, where_ours=profile_top(ours))
+    def fresh(name):  # a fresh output each time: removing the last one is not export
+        return os.path.join(tmp, "export-%s-%d" % (name, next(runs)))
+    ds = open_dataset(rec)
+    keep = np.arange(0, len(ds), 2)  # every other face, as a 50% core set
+    sub = Subset(ds, keep)
+
+    def ours():
+        write_recordio(fresh("rec"), ds, keep)
+    measure("export", "RecordIO -> RecordIO", len(keep),
+            lambda: floor_copy(sub, fresh("floor") + ".bin"), ours, args.repeats,
+            where_ours=profile_top(ours))
+    ds = open_dataset(folder)
+    sub = Subset(ds, keep)
+
+    def ours():
+        write_imagefolder(fresh("dir"), ds, keep, mode="copy")
+    where = profile_top(ours)
+    measure("export", "folder -> folder copy", len(keep),
+            lambda: floor_copy(sub, fresh("floor") + ".bin"), ours, args.repeats,
+            where_ours=where, floor_name="bytes, one file")
+    for sync in (True, False):
+        measure("export", "folder -> folder copy", len(keep),
+                lambda: floor_tree(sub, fresh("tree"), sync), ours, args.repeats,
+                where_ours=where, floor_name="same files, cp" + (" + sync" if sync else ""))
 
 
 class Subset:
@@ -382,6 +419,9 @@ class Subset:
 
     def read_bytes(self, i):
         return self.ds.read_bytes(int(self.keep[i]))
+
+    def name(self, i):
+        return self.ds.name(int(self.keep[i]))
 
 
 def profile_top(fn, k=3):
