@@ -402,9 +402,9 @@ class AtomicFiles(Transaction):
         self._pending.append([final, tmp, None])
         return tmp
 
-    def open(self, final, mode="wb"):
+    def open(self, final, mode="wb", buffering=-1):
         tmp = self.path(final)
-        f = open(tmp, mode)
+        f = open(tmp, mode, buffering=buffering)
         self._pending[-1][2] = f
         return f
 
@@ -503,7 +503,15 @@ class AtomicDir(Transaction):
         sweep_stale(os.path.dirname(self.final))
         self.tmp = temp_name(self.final)
         os.makedirs(self.tmp)
+        self._files = []  # opened by open(): fsync'ed by commit while still open
         self._opened()
+
+    def open(self, path, mode="wb", buffering=-1):
+        """A new file at path inside the tree (under self.tmp), as AtomicFiles.open: the
+        tree is swapped in whole, so its files need no renames of their own."""
+        f = open(path, mode, buffering=buffering)
+        self._files.append(f)
+        return f
 
     def _carry_over(self):
         for e in os.scandir(self.final):
@@ -525,12 +533,20 @@ class AtomicDir(Transaction):
             raise ValueError("sync must be 'files' or 'filesystem', got %r" % (sync,))
         parent = os.path.dirname(self.final)
         try:
+            synced = set()
+            for f in self._files:
+                if not f.closed:
+                    f.flush()
+                    if sync == "files":
+                        os.fsync(f.fileno())
+                        synced.add(os.path.abspath(f.name))
+                    f.close()
             walk = () if sync == "filesystem" and sync_filesystem(self.tmp) else \
                 os.walk(self.tmp)
             for root, dirs, files in walk:
                 for f in files:
                     p = os.path.join(root, f)
-                    if not os.path.islink(p):
+                    if not os.path.islink(p) and os.path.abspath(p) not in synced:
                         with open(p, "rb") as g:
                             os.fsync(g.fileno())
                 fsync_dir(root)
@@ -561,6 +577,11 @@ class AtomicDir(Transaction):
             _remove(old)
 
     def abort(self):
+        for f in self._files:
+            try:
+                f.close()
+            except OSError:  # its buffer could not be written (a full disk): dropped anyway
+                pass
         shutil.rmtree(self.tmp, ignore_errors=True)
         for d in self._made:
             try:

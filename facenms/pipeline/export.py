@@ -125,7 +125,7 @@ def write_lst(path, dataset, keep, shuffle=False, seed=0, verify="structure", pr
                     raise ValueError("%s: a tab or newline in the name breaks the .lst format"
                                      % dataset.where(i))
                 if verify != "none":
-                    check_image(dataset.read_bytes(i), dataset.where(i), verify)
+                    check_image(dataset.read_bytes(i), lambda: dataset.where(i), verify)
                 f.write("%d\t%d\t%s\n" % (j, new[j], name))
         np.save(out.open(mapp), _label_map(old))
         out.commit()
@@ -147,7 +147,7 @@ def magic_format(data):
 def _rec_payload(dataset, i, verify="structure"):
     """The encoded bytes to store for face i, re-encoded as PNG if readers may not decode it."""
     data = dataset.read_bytes(i)
-    check_image(data, dataset.where(i), verify)
+    check_image(data, lambda: dataset.where(i), verify)
     # the three formats every reader decodes are known by their first bytes; PIL
     # parsing the header of each of 42M faces would cost more than copying them
     fmt = magic_format(data) or image_format(data, dataset.where(i))[0]
@@ -253,7 +253,7 @@ def write_recordio(out, dataset, keep, layout="im2rec", shuffle=False, seed=0,
         if as_dir else None
     if d is not None:
         rec, idxp, prop, mapp = rec_paths(d.tmp)
-    files = AtomicFiles()
+    files = d if d is not None else AtomicFiles()
     try:
         payloads = (_rec_payload(dataset, int(i), verify)[0] for i in _each(idx, progress))
         write_face_recordio(rec, new, payloads, num_classes=len(old),
@@ -269,12 +269,8 @@ def write_recordio(out, dataset, keep, layout="im2rec", shuffle=False, seed=0,
             with files.open(os.path.join(d.tmp, "arcface_config.py"), "w") as f:
                 f.write(arcface_config(out, len(old), len(idx), names))
         files.commit()
-        if d is not None:
-            d.commit()
     except BaseException as e:
         files.abort()
-        if d is not None:
-            d.abort()
         _reraise(e, out)
     rec, idxp, prop, mapp = rec_paths(out)
     res = {"rec": rec, "idx": idxp, "property": prop, "label_map": mapp,
@@ -328,9 +324,9 @@ def write_imagefolder(out_dir, dataset, keep, mode="symlink", overwrite=False,
                 rel, data = dataset.name(i), None
                 if mode == "copy":  # the bytes checked are the bytes written: one read
                     data = dataset.read_bytes(i)
-                    check_image(data, dataset.where(i), verify)
+                    check_image(data, lambda: dataset.where(i), verify)
                 elif verify != "none":
-                    check_image(dataset.read_bytes(i), dataset.where(i), verify)
+                    check_image(dataset.read_bytes(i), lambda: dataset.where(i), verify)
             else:
                 data, ext = _rec_payload(dataset, i, verify)
                 stem = dataset.key(i) if isinstance(dataset, RecordDataset) else i
