@@ -268,6 +268,25 @@ def test_writer_failure_leaves_nothing(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 12), max_size=10))
+def test_writer_refuses_a_duplicate_key_in_any_order(tmp_path_factory, keys):
+    d = tmp_path_factory.mktemp("dup")
+    first_dup = next((j for j, k in enumerate(keys) if k in keys[:j]), None)
+    w = RecordIOWriter(d / "a.rec")
+    for j, k in enumerate(keys):
+        if j == first_dup:
+            with pytest.raises(ValueError, match="duplicate RecordIO key %d" % k):
+                w.write(k, b"r%d" % k)
+            w.abort()
+            assert os.listdir(d) == []
+            return
+        w.write(k, b"r%d" % k)
+    w.commit()
+    rec = RecordIO(d / "a.rec")
+    assert rec.keys.tolist() == keys and all(rec.read(k) == b"r%d" % k for k in keys)
+
+
 def _images(n):
     exp = expected("insightface")
     return [exp["raw_%d" % k].tobytes() for k in exp["keys"]][:n]

@@ -394,16 +394,24 @@ class RecordIOWriter(Transaction):
             self._files.abort()
             raise
         self._pos = 0
-        self._keys = set()
+        self._last = None  # keys written in increasing order need no set (42M would be GBs)
+        self._keys = None
         self.idx_crc = 0  # of the .idx as written, for sidecars that must match it
         self.idx_bytes = 0
 
     def write(self, key, record):
         """Append one record (bytes, e.g. from pack()) under integer `key`."""
         key = int(key)
-        if key in self._keys:
-            raise ValueError("duplicate RecordIO key %d" % key)
-        self._keys.add(key)
+        if self._last is not None and key <= self._last:
+            if self._keys is None:  # out of order from here on: the keys so far, from the .idx
+                self._idx.flush()
+                with open(self._idx.name) as f:
+                    self._keys = {int(line.split("\t", 1)[0]) for line in f}
+            if key in self._keys:
+                raise ValueError("duplicate RecordIO key %d" % key)
+        if self._keys is not None:
+            self._keys.add(key)
+        self._last = key if self._last is None else max(self._last, key)
         data = encode_record(record)
         self._rec.write(data)
         line = "%d\t%d\n" % (key, self._pos)
