@@ -6,6 +6,8 @@ import sys
 
 import numpy as np
 import pytest
+import torch
+from hypothesis import given, settings, strategies as st
 
 import facenms
 from facenms import cli
@@ -210,6 +212,33 @@ def test_two_process_torchrun_equals_one_process(shuffled, tmp_path):
         got["per_identity"],
         np.flatnonzero(part)[facenms.select(x[part], labels[part], ratio=0.5, per_identity=True,
                                             min_per_identity=2)])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 2999), max_size=400, unique=True), st.integers(2, 5),
+       st.integers(1, 20000))
+def test_reader_lanes_read_the_same_rows(tmp_path_factory, rows, lanes, split):
+    """A block split over parallel preads (pieces cut inside runs) reads what one pread does."""
+    d = tmp_path_factory.mktemp("lanes")
+    a = np.random.default_rng(len(rows)).standard_normal((3000, 5)).astype(np.float32)
+    np.save(d / "a.npy", a)
+    mm = np.load(d / "a.npy", mmap_mode="r")
+    rows = np.sort(np.asarray(rows, dtype=np.int64))
+    old = reader.SPLIT_BYTES
+    reader.SPLIT_BYTES = split
+    try:
+        r = reader.Reader(mm, lanes=lanes)
+        assert r.file is not None
+        np.testing.assert_array_equal(r.read(rows), a[rows])
+    finally:
+        reader.SPLIT_BYTES = old
+
+
+def test_read_lanes_by_core_count():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert [reader.read_lanes(cpu, c) for c in (1, 2, 8, 16, 32, 64, 128)] == \
+        [1, 1, 1, 1, 2, 4, 4]
+    assert [reader.read_lanes(cuda, c) for c in (1, 2, 8, 16, 64)] == [1, 1, 2, 4, 4]
 
 
 def test_reader_reads_views_of_memory_maps(tmp_path):

@@ -33,7 +33,7 @@ from ..core.inputs import (as_tensor, bad_row_message, check_device, check_featu
 from ..core.search import decide, sample_lanes, sample_take
 from ..core.select import kept_per_identity, make_info
 from .dist import Comm, active, init, split_identities
-from .reader import Reader, is_mapped, is_path, nbytes, open_features
+from .reader import Reader, is_mapped, is_path, nbytes, open_features, read_lanes
 
 DEFAULT_MAX_MEMORY = 1 << 30  # bytes of feature blocks in RAM when nothing is said
 
@@ -229,7 +229,8 @@ def _source(features, device):
             raise ValueError("memory-mapped features must have contiguous rows, got strides %s"
                              % (features.strides,))
         dev = device if device is not None else torch.device("cpu")
-        return Reader(features), dev, features.shape[0], features.shape[1], features.itemsize
+        return (Reader(features, read_lanes(dev)), dev, features.shape[0], features.shape[1],
+                features.itemsize)
     # a tensor (or DLPack array) already in memory: blocks are read in place
     x = check_features(as_tensor(features, "features"))
     if device is not None:
