@@ -280,6 +280,8 @@ def user_error(e, final):
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
+
+
 def _renameat2(a, b, flags):
     fn = getattr(_c_library(), "renameat2", None)
     if fn is None:
