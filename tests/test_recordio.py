@@ -132,6 +132,20 @@ def test_writer_reader_round_trip(tmp_path_factory, records, rng):
     assert size % 4 == 0 and size == sum(len(encode_record(r)) for r in records)
 
 
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.sampled_from([b"", M, b"a", b"bb", b"\0", b"e" * 37]), max_size=10).map(
+    b"".join), st.sampled_from([0, 5, MAGIC, 2 ** 40]), st.sampled_from([0.0, 3.0, 2.0 ** 24]))
+def test_write_image_is_write_of_pack(tmp_path_factory, payload, key, label):
+    """The export's one-copy framing writes the bytes write(pack(...)) does, split records too."""
+    d = tmp_path_factory.mktemp("wi")
+    with RecordIOWriter(d / "a.rec") as w:
+        w.write_image(key, label, payload)
+    with RecordIOWriter(d / "b.rec") as w:
+        w.write(key, pack(IRHeader(0, label, key, 0), payload))
+    for ext in (".rec", ".idx"):
+        assert (d / ("a" + ext)).read_bytes() == (d / ("b" + ext)).read_bytes()
+
+
 def test_pack_unpack_round_trip():
     h, p = unpack(pack(IRHeader(0, 3.0, 7, 9), b"img"))
     assert (h.flag, h.label, h.id, h.id2, p) == (0, 3.0, 7, 9, b"img")

@@ -277,7 +277,7 @@ def write_face_recordio(rec_path, labels, payloads, num_classes=None, image_size
                 raise ValueError("more payloads than labels (%d)" % n)
             if image_size is None:
                 image_size = image_format(payload, "image %d" % j)[1]
-            w.write(first + j, pack(IRHeader(0, float(labels[j]), first + j, 0), payload))
+            w.write_image(first + j, labels[j], payload)
             count += 1
         if count != n:
             raise ValueError("%d labels but %d payloads" % (n, count))

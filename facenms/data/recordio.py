@@ -35,6 +35,7 @@ MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
 _FRAME = struct.Struct("<II")
 _WORD = np.dtype("<u4")
+_HEAD_WORDS = struct.Struct("<6I")  # an IRHeader as the six words dmlc's split rule sees
 _LEN_MASK = (1 << 29) - 1
 MAX_RECORD_LEN = 1 << 29
 
@@ -402,6 +403,13 @@ class RecordIOWriter(Transaction):
     def write(self, key, record):
         """Append one record (bytes, e.g. from pack()) under integer `key`."""
         key = int(key)
+        self._take(key)
+        data = encode_record(record)
+        self._rec.write(data)
+        self._index(key, data)
+
+    def _take(self, key):
+        """Refuse a key written before."""
         if self._last is not None and key <= self._last:
             if self._keys is None:  # out of order from here on: the keys so far, from the .idx
                 self._idx.flush()
@@ -412,8 +420,20 @@ class RecordIOWriter(Transaction):
         if self._keys is not None:
             self._keys.add(key)
         self._last = key if self._last is None else max(self._last, key)
-        data = encode_record(record)
+
+    def write_image(self, key, label, payload):
+        """write(key, pack(IRHeader(0, label, key, 0), payload)), framed in one copy of
+        the payload: what an export does for each of millions of faces."""
+        head = _IR.pack(0, float(label), int(key), 0)
+        n = len(head) + len(payload)
+        if MAGIC in _HEAD_WORDS.unpack(head) or n >= MAX_RECORD_LEN or _split_at_magic(payload):
+            return self.write(key, head + bytes(payload))  # split frames: the general path
+        self._take(key)
+        data = b"".join((_FRAME.pack(MAGIC, n), head, payload, b"\0" * (_pad(n) - n)))
         self._rec.write(data)
+        self._index(key, data)
+
+    def _index(self, key, data):
         line = "%d\t%d\n" % (key, self._pos)
         self._idx.write(line)
         self.idx_crc = zlib.crc32(line.encode("ascii"), self.idx_crc)
