@@ -206,10 +206,10 @@ class RecordDataset(FaceDataset):
 
     def read_bytes(self, i):
         i = self._check_index(i)
-        key = int(self._keys[i])
+        key = self._keys.item(i)  # .item: Python numbers, not numpy scalars (per face)
         header, payload = self.rec.unpack_key(self.rec.read(key), key)
         got = _label0(header)
-        if got != self.labels[i]:
+        if got != self.labels.item(i):
             # swapped .idx offsets, an edited header or a stale sidecar: the header is what
             # insightface trains on, so the two must agree
             raise ValueError("%s record key %d: the image's header label is %r but the dataset's "
@@ -277,7 +277,7 @@ def write_face_recordio(rec_path, labels, payloads, num_classes=None, image_size
                 raise ValueError("more payloads than labels (%d)" % n)
             if image_size is None:
                 image_size = image_format(payload, "image %d" % j)[1]
-            w.write_image(first + j, labels[j], payload)
+            w.write_image(first + j, labels.item(j), payload)
             count += 1
         if count != n:
             raise ValueError("%d labels but %d payloads" % (n, count))
