@@ -11,6 +11,7 @@ import zlib
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 from PIL import Image
 
 from facenms.data import (IRHeader, RecordIO, RecordIOWriter, open_dataset, pack, read_property,
@@ -335,3 +336,41 @@ def test_facenms_index_rebuilds_the_idx(tmp_path, faces):
     (d / "bad.rec").write_bytes(data[:pos] + b"\1\2\3\4" + data[pos + 4:])
     r = cli("index", d / "bad.rec")
     assert r.returncode == 1 and "bad magic 0x04030201 at byte %d" % pos in r.stderr, r.stderr
+
+
+def _jpeg(seed, size=24, quality=90):
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), np.uint8)).save(
+        buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _walk_everything(data):
+    """check_image's JPEG verdict without the remembered header: the whole walk each time."""
+    from facenms.data import base
+    saved = base._known_header[0]
+    base._known_header[0] = b""
+    try:
+        return base._check_jpeg(data)
+    finally:
+        base._known_header[0] = saved
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.sampled_from(["whole", "cut", "flip", "pad"]),
+                          st.integers(0, 10 ** 6), st.integers(0, 255)), min_size=1, max_size=8))
+def test_jpeg_header_shortcut_gives_the_walk_verdict(images):
+    """Images sharing an encoder's headers skip the walk: the verdict is the walk's for any
+    sequence of whole, truncated, flipped and padded JPEGs of two sizes and qualities."""
+    from facenms.data import base
+    for seed, how, at, byte in images:
+        data = bytearray(_jpeg(seed % 2, size=16 if seed < 2 else 24, quality=90 if seed else 70))
+        at %= len(data)
+        if how == "cut":
+            data = data[:at]
+        elif how == "flip":
+            data[at] = byte
+        elif how == "pad":
+            data += b"\0" * (at % 7)
+        data = bytes(data)
+        assert base._check_jpeg(data) == _walk_everything(data), (how, at, byte)

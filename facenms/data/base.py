@@ -28,38 +28,55 @@ def image_format(data, where):
         raise ValueError("%s: not a readable image (%s: %s)" % (where, type(e).__name__, e)) from None
 
 
+_known_header = [b""]  # SOI to the end of SOS of the last JPEG whose headers passed
+
+
 def _check_jpeg(data):
     if not data.startswith(b"\xff\xd8"):
         return "JPEG without its SOI marker"
-    # walk the marker segments up to the scan: each length must stay inside the file
+    # the walk below depends only on the bytes up to the end of the scan header: one
+    # encoder's faces (same size, quality, tables) share them, so one comparison does
+    h = _known_header[0]
+    if not (h and data.startswith(h)):
+        pos, err = _walk_jpeg_headers(data)
+        if err is not None:
+            return err
+        _known_header[0] = bytes(data[:pos])
     n = len(data)
-    pos = 2
-    while True:
-        if pos + 4 > n:
-            return "JPEG cut off in its headers at byte %d" % pos
-        if data[pos] != 0xFF:
-            return ("JPEG header damaged at byte %d (0x%02x where a marker should be)"
-                    % (pos, data[pos]))
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker == 0xD9:
-            return "JPEG ends (EOI) before any image data"
-        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
-            pos += 2
-            continue
-        seg = (data[pos + 2] << 8) | data[pos + 3]
-        if seg < 2 or pos + 2 + seg > n:
-            return "JPEG segment 0x%02x at byte %d runs past the end (truncated)" % (marker, pos)
-        pos += 2 + seg
-        if marker == 0xDA:
-            break
     while n and data[n - 1] == 0:  # zero padding after EOI (no copy of the image)
         n -= 1
     if data[n - 2:n] != b"\xff\xd9":
         return "JPEG without its EOI marker (truncated)"
     return None
+
+
+def _walk_jpeg_headers(data):
+    """(end of the SOS segment, None), or (None, what is wrong): every marker segment's
+    length must stay inside the file."""
+    n = len(data)
+    pos = 2
+    while True:
+        if pos + 4 > n:
+            return None, "JPEG cut off in its headers at byte %d" % pos
+        if data[pos] != 0xFF:
+            return None, ("JPEG header damaged at byte %d (0x%02x where a marker should be)"
+                          % (pos, data[pos]))
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xD9:
+            return None, "JPEG ends (EOI) before any image data"
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            pos += 2
+            continue
+        seg = (data[pos + 2] << 8) | data[pos + 3]
+        if seg < 2 or pos + 2 + seg > n:
+            return None, ("JPEG segment 0x%02x at byte %d runs past the end (truncated)"
+                          % (marker, pos))
+        pos += 2 + seg
+        if marker == 0xDA:
+            return pos, None
 
 
 def _check_png(data):
