@@ -51,10 +51,10 @@ EXPORT_KILLED_AFTER = r"""
 import os, sys
 import numpy as np
 import facenms.data.atomic as atomic
-from facenms.data import open_dataset
-from facenms.pipeline import export
 
 kind, src, out, k = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+sys.path.insert(0, sys.argv[5])
+from test_export_crash import write
 calls = [0]
 
 def dies_after(fn):
@@ -73,17 +73,9 @@ if kind == "nox":
     def no_exchange(a, b):  # a file system without RENAME_EXCHANGE
         raise OSError(22, "Invalid argument")
     atomic.exchange = no_exchange
-    kind = "dir"
-ds = open_dataset(src)
-keep = np.arange(1, len(ds), 2)  # the new set; the old one was np.arange(0, len(ds), 2)
-if kind == "dir":
-    export.write_recordio(out, ds, keep)
-elif kind == "rec":
-    export.write_recordio(out, ds, keep, layout="insightface")
-elif kind == "lst":
-    export.write_lst(out, ds, keep)
-else:
-    export.write_imagefolder(out, ds, keep, mode="copy", overwrite=True)
+from facenms.data import open_dataset
+n = len(open_dataset(src))
+write(kind, src, out, np.arange(1, n, 2))  # the new set; the old one was np.arange(0, n, 2)
 """ % (KILLED, KILLED)
 
 
@@ -137,7 +129,8 @@ def test_kill_after_every_rename(tmp_path, source, kind):
         shutil.rmtree(work)
         shutil.copytree(pristine, work, symlinks=True)
         r = subprocess.run([sys.executable, "-c", EXPORT_KILLED_AFTER, kind, str(source),
-                            str(work / name), str(k)], env=env(), capture_output=True, text=True)
+                            str(work / name), str(k), HERE], env=env(), capture_output=True,
+                           text=True)
         assert r.returncode in (0, KILLED), r.stderr
         out = str(work / name)
         if kind in ("dir", "folder"):
