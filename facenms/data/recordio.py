@@ -88,6 +88,11 @@ def _split_at_magic(buf):
     return (np.flatnonzero(hit) * 4).tolist() if np.count_nonzero(hit) else []
 
 
+def _one_frame(n, *pieces):
+    """The single frame of an n-byte record made of pieces: header, bytes, zero padding."""
+    return b"".join((_FRAME.pack(MAGIC, n),) + pieces + (b"\0" * (_pad(n) - n),))
+
+
 def encode_record(buf):
     """The frames of one record, exactly as dmlc's RecordIOWriter lays them out."""
     buf = bytes(buf)
@@ -95,7 +100,7 @@ def encode_record(buf):
         raise ValueError("RecordIO records must be shorter than 2**29 bytes, got %d" % len(buf))
     cuts = _split_at_magic(buf)
     if not cuts:  # one frame, the usual case
-        return b"".join((_FRAME.pack(MAGIC, len(buf)), buf, b"\0" * (_pad(len(buf)) - len(buf))))
+        return _one_frame(len(buf), buf)
     out = []
     start = 0
     for cut in cuts:
@@ -429,7 +434,7 @@ class RecordIOWriter(Transaction):
         if MAGIC in _HEAD_WORDS.unpack(head) or n >= MAX_RECORD_LEN or _split_at_magic(payload):
             return self.write(key, head + bytes(payload))  # split frames: the general path
         self._take(key)
-        data = b"".join((_FRAME.pack(MAGIC, n), head, payload, b"\0" * (_pad(n) - n)))
+        data = _one_frame(n, head, payload)
         self._rec.write(data)
         self._index(key, data)
 
