@@ -180,6 +180,20 @@ def test_sync_filesystem_flushes_or_says_it_cannot(tmp_path):
         atomic.sync_filesystem(tmp_path / "missing")
 
 
+def test_cli_folder_export_replaces_a_tree_only_when_told(tmp_path, rec):
+    np.save(tmp_path / "keep.npy", np.arange(3))
+    run = [sys.executable, "-m", "facenms", "export", "--dataset", rec.rec_path, "--keep",
+           str(tmp_path / "keep.npy"), "--format", "folder", "--mode", "copy", "--out",
+           str(tmp_path / "tree")]
+    assert subprocess.run(run, capture_output=True).returncode == 0
+    again = subprocess.run(run, capture_output=True, text=True)
+    assert again.returncode == 1 and again.stderr.count("\n") == 1
+    assert "already exists" in again.stderr and "--overwrite" in again.stderr
+    np.save(tmp_path / "keep.npy", np.arange(5))
+    assert subprocess.run(run + ["--overwrite"], capture_output=True).returncode == 0
+    assert len(open_dataset(tmp_path / "tree")) == 5
+
+
 @pytest.fixture
 def broken(tmp_path, folder):
     """A RecordIO dataset whose 5th image is garbage."""

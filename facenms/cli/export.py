@@ -26,6 +26,9 @@ def add(sub):
                    help="do not copy the verification *.bin files beside the source train.rec")
     e.add_argument("--mode", choices=["symlink", "copy"], default="symlink",
                    help="image-folder export: link or copy the images")
+    e.add_argument("--overwrite", action="store_true",
+                   help="image-folder export: replace the tree already at --out (other formats "
+                        "replace their own files anyway)")
     e.add_argument("--out", required=True, help="output folder or file")
     e.set_defaults(func=run)
 
@@ -68,7 +71,7 @@ def run(args):
                      % (where[:-4] if where.endswith(".lst") else where, root))
     elif args.format == "folder":
         where = export.write_imagefolder(args.out, ds, keep, mode=args.mode, verify=args.verify,
-                                         progress=bar, inputs=inputs)
+                                         overwrite=args.overwrite, progress=bar, inputs=inputs)
     else:
         where = export.save_indices(args.out, keep, inputs=inputs, dataset=ds)
     print("facenms export: %d of %d images (%.1f%%) as %s -> %s in %.1f s%s" % (

@@ -493,7 +493,7 @@ class AtomicDir(Transaction):
             if not os.path.isdir(self.final) or os.listdir(self.final):
                 raise FileExistsError(
                     "%s already exists and is not an empty directory; "
-                    "pass overwrite=True to replace it" % self.final)
+                    "pass overwrite=True (facenms export --overwrite) to replace it" % self.final)
         if os.path.lexists(self.final) and not os.path.isdir(self.final):
             raise FileExistsError("%s exists and is not a directory" % self.final)
         self._made = []
