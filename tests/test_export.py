@@ -150,7 +150,7 @@ def test_write_imagefolder_from_rec(tmp_path, rec):
 def test_write_imagefolder_reaches_the_disk(tmp_path, rec, monkeypatch, has_syncfs):
     """A folder tree is flushed with one syncfs before the swap; without syncfs, every
     file and folder is fsync'ed. The same tree either way."""
-    from facenms.data import atomic
+    from facenms.io import commit as atomic
     synced, flushed = [], []
     real_fsync, real_syncfs = os.fsync, atomic.sync_filesystem
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(
@@ -174,7 +174,7 @@ def test_write_imagefolder_reaches_the_disk(tmp_path, rec, monkeypatch, has_sync
 
 
 def test_sync_filesystem_flushes_or_says_it_cannot(tmp_path):
-    from facenms.data import atomic
+    from facenms.io import commit as atomic
     assert atomic.sync_filesystem(tmp_path) is sys.platform.startswith("linux")
     with pytest.raises(FileNotFoundError):
         atomic.sync_filesystem(tmp_path / "missing")

@@ -20,7 +20,8 @@ import pytest
 from PIL import Image
 
 from facenms.data import open_dataset, synthetic, write_face_recordio
-from facenms.data.atomic import recover, sweep_stale, temp_name
+from facenms.io import recover, sweep_stale
+from facenms.io.owners import temp_name
 from facenms.pipeline import export
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -50,7 +51,7 @@ def snapshot(paths):
 EXPORT_KILLED_AFTER = r"""
 import os, sys
 import numpy as np
-import facenms.data.atomic as atomic
+import facenms.io.commit as atomic
 
 kind, src, out, k = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 sys.path.insert(0, sys.argv[5])
@@ -338,7 +339,7 @@ def test_disk_full_during_the_write(tmp_path, small_disk, big, fmt):
 
 def test_sigterm_in_a_forked_worker_leaves_the_parent_alone(tmp_path):
     # DataLoader workers are forks: their SIGTERM must not abort the parent's transactions
-    from facenms.data.atomic import AtomicFiles
+    from facenms.io import AtomicFiles
     out = AtomicFiles()
     f = out.open(tmp_path / "a.bin")
     f.write(b"x")

@@ -93,10 +93,34 @@ def test_no_private_names_across_modules():
     assert not bad, bad
 
 
+# README's layer order, bottom up: a package may use the ones on lower rows only
+LAYERS = [["io"], ["core", "data", "models"], ["scale", "eval"], ["pipeline"], ["cli"]]
+LEVEL = {pkg: i for i, row in enumerate(LAYERS) for pkg in row}
+TOP = len(LAYERS)  # the package root and its public aliases re-export from any layer
+
+
+def level(module):
+    parts = module.split(".")
+    return LEVEL.get(parts[1], TOP) if len(parts) > 1 else TOP
+
+
+def test_imports_run_downward():
+    bad = []
+    for name, path in MODULES.items():
+        for target, _ in imports(name, path):
+            if target not in MODULES or target == "facenms._C":
+                continue
+            same = target.split(".")[:2] == name.split(".")[:2]
+            if not same and level(name) < TOP and level(target) >= level(name):
+                bad.append("%s (%s) imports %s (%s)" % (
+                    name, level(name), target, level(target)))
+    assert not bad, bad
+
+
 def test_short_top_level():
     top = [f for f in os.listdir(ROOT) if (f.endswith(".py") or os.path.isfile(
         os.path.join(ROOT, f, "__init__.py")))]
-    assert len(top) <= 12, sorted(top)
+    assert len(top) <= 13, sorted(top)
 
 
 def test_pure_python_layers_load_without_the_extension():

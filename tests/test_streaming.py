@@ -85,10 +85,10 @@ def test_other_ranks_paths_and_tiny_blocks(small):
 
 def test_max_memory_streams_only_when_exceeded():
     x = np.zeros((10, 4), np.float32)
-    assert not streaming.wanted(x, max_memory=1000)
-    assert streaming.wanted(x, max_memory=100)
-    assert streaming.wanted(x, block_size=3)
-    assert not streaming.wanted(x, distributed=False)
+    assert not streaming.should_stream(x, max_memory=1000)
+    assert streaming.should_stream(x, max_memory=100)
+    assert streaming.should_stream(x, block_size=3)
+    assert not streaming.should_stream(x, distributed=False)
     assert streaming.block_rows(512, 2, max_memory=1 << 20) == 512
     with pytest.raises(ValueError, match="block_size"):
         facenms.select(x + 1, np.zeros(10, np.int64), threshold=0.5, block_size=0)

@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the repository, fo
 
 import facenms  # noqa: E402
 from facenms import baselines  # noqa: E402
-from facenms.data.atomic import AtomicFiles  # noqa: E402
+from facenms.io import AtomicFiles  # noqa: E402
 from facenms.verification import evaluate, load_bin  # noqa: E402
 from train import ArraySource, ImageSource, embed, train  # noqa: E402
 from world import WorldConfig, make_world  # noqa: E402

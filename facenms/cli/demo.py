@@ -56,8 +56,9 @@ def pipeline_part(work):
 
 
 def embeddings_part(args):
-    import facenms
+    from ..core.reference import check_valid
     from ..eval.embeddings import webface_like
+    from ..scale.dispatch import select
     print("facenms demo, part 2: %d WebFace-like face embeddings (d=%d, power-law identity "
           "sizes, near-duplicate bursts) ..." % (args.faces, args.dim), flush=True)
     t = time.perf_counter()
@@ -65,13 +66,11 @@ def embeddings_part(args):
     print("  generated in %.1f s: %d identities, mean %.1f faces, largest %d" % (
         time.perf_counter() - t, labels.max() + 1, len(labels) / (labels.max() + 1),
         np.bincount(labels).max()), flush=True)
-    keep, info = facenms.select(feats, labels, ratio=args.ratio, return_info=True,
-                                progress=progress())
+    keep, info = select(feats, labels, ratio=args.ratio, return_info=True, progress=progress())
     print("facenms demo: " + info.summary())
     if args.check:  # the reference is slow: check the first identities (labels are contiguous)
         part = labels < labels[min(5000, len(labels) - 1)]
-        facenms.reference.check_valid(feats[part], labels[part], keep[part[keep]],
-                                      info.threshold)
+        check_valid(feats[part], labels[part], keep[part[keep]], info.threshold)
         print("  checked %d faces against the reference rule: valid" % part.sum())
     sizes = info.faces_per_identity
     for lo, hi in ((2, 5), (5, 20), (20, 100), (100, 10 ** 9)):

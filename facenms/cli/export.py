@@ -35,7 +35,7 @@ def add(sub):
 
 def run(args):
     from ..data import open_dataset
-    from ..data.atomic import check_not_inputs, check_writable
+    from ..io import check_not_inputs, check_writable
     from ..pipeline import export
     # before opening the dataset (reading 42M labels can take minutes): the output must be
     # writable and must not be one of the inputs; the export checks the rest, with sizes

@@ -7,6 +7,6 @@ def add(sub):
 
 
 def run(args):
-    import facenms
-    for k, v in facenms.build_info().items():
+    from ..core.extension import build_info
+    for k, v in build_info().items():
         print("%-24s %s" % (k, v))

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from ..data.atomic import check_not_inputs
+from ..io import check_not_inputs
 from .common import (add_memory_args, add_selection_args, in_dataset_order, load_array,
                      parse_bytes, progress)
 
@@ -26,10 +26,10 @@ def add(sub):
 
 
 def select(features, labels, args, scores=None):
-    import facenms
+    from ..scale.dispatch import select as select_core
     distributed = True if args.distributed or int(os.environ.get("WORLD_SIZE", "1")) > 1 \
         else None
-    return facenms.select(
+    return select_core(
         features, labels, ratio=args.ratio, threshold=args.threshold, rank=args.rank,
         scores=scores, min_per_identity=args.min_per_identity, per_identity=args.per_identity,
         device=args.device, return_info=True, progress=progress(), block_size=args.block_size,

@@ -7,7 +7,7 @@
 """
 import os
 
-from .atomic import recover
+from ..io import recover
 from .base import FaceDataset, decode_image
 from .imagefolder import ImageFolderDataset, natural_key
 from .recdataset import RecordDataset, read_property, write_face_recordio

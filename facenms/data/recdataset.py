@@ -23,7 +23,7 @@ import warnings
 
 import numpy as np
 
-from .atomic import AtomicFiles, recover
+from ..io import AtomicFiles, recover
 from .base import FaceDataset, image_format
 from .recordio import IRHeader, RecordIO, RecordIOWriter, default_idx_path, pack, unpack
 

@@ -29,7 +29,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from .atomic import AtomicFiles, Transaction
+from ..io import AtomicFiles, Transaction
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)

@@ -12,7 +12,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from .atomic import AtomicDir
+from ..io import AtomicDir
 from .recdataset import write_face_recordio
 
 

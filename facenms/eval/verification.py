@@ -66,7 +66,7 @@ def write_bin(path, images, issame, fmt="PNG"):
 
     from PIL import Image
 
-    from ..data.atomic import AtomicFiles
+    from ..io import AtomicFiles
 
     bins = []
     for img in images:

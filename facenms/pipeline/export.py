@@ -16,7 +16,7 @@ import shutil
 import numpy as np
 from PIL import Image
 
-from ..data.atomic import AtomicDir, AtomicFiles, check_not_inputs, check_writable, user_error
+from ..io import AtomicDir, AtomicFiles, check_not_inputs, check_writable, user_error
 from ..data.base import check_image, decode_image, image_format
 from ..data.imagefolder import ImageFolderDataset
 from ..data.recdataset import RecordDataset, labels_sidecar_path, write_face_recordio

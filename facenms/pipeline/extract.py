@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..data.atomic import AtomicFiles, fsync_dir
+from ..io import AtomicFiles, fsync_dir, pwrite_all
 from ..scale.dist import join
 from . import runtime as rt
 from .embedders import load_model
@@ -193,17 +193,10 @@ class _Rows:
         self.rows = os.open(partial, os.O_RDWR)
         self.marks = os.open(progress, os.O_RDWR)
 
-    @staticmethod
-    def _pwrite(fd, data, offset):
-        view = memoryview(data).cast("B")
-        while view:
-            n = os.pwrite(fd, view, offset)
-            view, offset = view[n:], offset + n
-
     def write(self, row, values):
         """Writes float16 rows from `row` on; returns their CRC-32."""
         values = np.ascontiguousarray(values, np.float16)
-        self._pwrite(self.rows, values, self.offset + row * self.row_bytes)
+        pwrite_all(self.rows, values, self.offset + row * self.row_bytes)
         return zlib.crc32(values)
 
     def read_batch(self, k, n):
@@ -217,12 +210,12 @@ class _Rows:
             return
         os.fsync(self.rows)  # rows reach the disk before their batch is marked done
         for k, crc in batches:
-            self._pwrite(self.marks, MARK.pack(DONE, crc), int(k) * MARK.size)
+            pwrite_all(self.marks, MARK.pack(DONE, crc), int(k) * MARK.size)
         os.fsync(self.marks)
 
     def clear(self, batches):
         for k in batches:
-            self._pwrite(self.marks, bytes(MARK.size), int(k) * MARK.size)
+            pwrite_all(self.marks, bytes(MARK.size), int(k) * MARK.size)
         if batches:
             os.fsync(self.marks)
 

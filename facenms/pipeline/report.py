@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-from ..data.atomic import AtomicFiles
+from ..io import AtomicFiles
 
 __all__ = ["write_report"]
 

@@ -6,12 +6,12 @@ A TOML (or YAML, with pyyaml) file in insightface's spirit:
     dataset = "/data/ms1m/train.rec"     # RecordIO or image folder
     work_dir = "work"                    # everything the stages write
 
-    [proxy]                              # facenms.proxy.train_proxy arguments
+    [proxy]                              # facenms.pipeline.proxy.train_proxy arguments
     fraction = 0.1
     backbone = "iresnet18"
     epochs = 10
 
-    [extract]                            # facenms.extract.extract arguments
+    [extract]                            # facenms.pipeline.extract.extract arguments
     batch_size = 256
     flip = true
 
@@ -35,7 +35,7 @@ import time
 
 import numpy as np
 
-from ..data.atomic import file_identity
+from ..io import file_identity
 from ..scale.dist import is_main
 from .runtime import read_json, write_json
 
@@ -144,7 +144,7 @@ def _extract(cfg, ds, paths, progress):
 
 
 def _select(cfg, paths, progress):
-    import facenms
+    from ..scale.dispatch import select
     from .export import save_indices
     sel = dict(cfg.get("select", {"ratio": 0.6}))
     stamp = _stamp(sel, {"features": paths["features"], "labels": paths["labels"]})
@@ -153,7 +153,7 @@ def _select(cfg, paths, progress):
         return
     feats = np.load(paths["features"], mmap_mode="r")
     labels = np.load(paths["labels"])
-    keep, info = facenms.select(feats, labels, return_info=True, progress=progress, **sel)
+    keep, info = select(feats, labels, return_info=True, progress=progress, **sel)
     save_indices(paths["keep"], keep)
     stamp = _stamp(sel, {"features": paths["features"], "labels": paths["labels"]},
                    [paths["keep"]])

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.atomic import AtomicFiles
+from ..io import AtomicFiles
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None, "none": None,
               "fp32": None}

@@ -38,7 +38,7 @@ from .reader import Reader, is_mapped, is_path, nbytes, open_features, read_lane
 DEFAULT_MAX_MEMORY = 1 << 30  # bytes of feature blocks in RAM when nothing is said
 
 
-def wanted(features, block_size=None, max_memory=None, distributed=None):
+def should_stream(features, block_size=None, max_memory=None, distributed=None):
     """Whether select() should stream (see the module doc)."""
     if distributed or (distributed is None and active()):
         return True

@@ -8,6 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from ..io import pread_all
+
 
 def is_mapped(a):
     """True for a numpy array whose memory is (a view of) a memory-mapped file."""
@@ -185,13 +187,3 @@ def _pread_range(fd, view, runs, lo, hi):
         a2, b2 = max(a, lo), min(b, hi)
         if a2 < b2:
             pread_all(fd, view[a2:b2], pos + a2 - a)
-
-
-def pread_all(fd, buf, pos):
-    """Fill buf from file position pos (pread may return less than asked)."""
-    done = 0
-    while done < len(buf):
-        got = os.preadv(fd, [buf[done:]], pos + done)
-        if got <= 0:
-            raise OSError("features file ended early at byte %d" % (pos + done))
-        done += got

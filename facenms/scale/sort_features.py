@@ -27,7 +27,7 @@ import os
 
 import numpy as np
 
-from ..data.atomic import AtomicFiles, check_not_inputs, file_identity
+from ..io import AtomicFiles, check_not_inputs, file_identity
 from .blocks import block_rows
 from .reader import Reader, open_features
 
