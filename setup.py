@@ -7,12 +7,14 @@ whatever torch compiled it. So plain `pip install .` (isolated build) works.
 
 facenms._C_cuda holds the CUDA kernels on the regular ABI: it loads only
 under the torch release it was built against, and only when that torch has
-CUDA. It is built when the build's torch has CUDA, nvcc is found, and the
-torch installed where the package goes (if any) is that same release with
-CUDA (tools/build_backend.py asks pip for that release).
+CUDA. As in torchvision, it is built only where it can run: the build's torch
+has CUDA and sees a GPU, nvcc is found, and the torch installed where the
+package goes (if any) is that same release with CUDA (tools/build_backend.py
+asks pip for that release). A machine without a GPU spends no time on it.
 
 Environment switches:
-  FORCE_CUDA=1   build the CUDA library even when it would not load here
+  FORCE_CUDA=1   build the CUDA library even where no GPU is visible (CI, GPU-less
+                 build hosts) or where it would not load here
   FORCE_CPU=1    never build it
   TORCH_CUDA_ARCH_LIST   default: the visible GPUs' archs, "8.0;9.0+PTX" when none is visible
   FACENMS_NVCC_FLAGS     extra nvcc flags, split on spaces (e.g. "-Xptxas -v" to print
@@ -86,6 +88,8 @@ def _want_cuda():
         if _flag("FORCE_CUDA"):
             sys.exit("facenms: FORCE_CUDA=1 but nvcc was not found (set CUDA_HOME)")
         return False, "nvcc not found"
+    if not _flag("FORCE_CUDA") and not torch.cuda.is_available():
+        return False, "no GPU visible to torch here; FORCE_CUDA=1 builds it anyway"
     there = installed_torch()
     if there and not _flag("FORCE_CUDA"):
         if not there["cuda"]:
@@ -163,10 +167,12 @@ class BuildExt(cpp_extension.BuildExtension):
             json.dump(BUILD, f, indent=1)
 
 
-print("facenms: building the CPU library (stable ABI, torch >= %s, built with torch %s); "
-      "CUDA library: %s (%s)%s" % (TORCH_TARGET, torch.__version__,
-                                   "yes" if WITH_CUDA else "no", WHY_CUDA,
-                                   ", archs " + ARCHS if WITH_CUDA else ""), flush=True)
+# one line per library and why (pip shows them with -v)
+print("facenms: building facenms._C, the CPU library: stable ABI, loads under torch >= %s "
+      "(built with torch %s)" % (TORCH_TARGET, torch.__version__), flush=True)
+print("facenms: %s facenms._C_cuda, the CUDA library: %s%s" % (
+    "building" if WITH_CUDA else "not building", WHY_CUDA,
+    " (archs %s)" % ARCHS if WITH_CUDA else ""), flush=True)
 
 setup(
     name="facenms",

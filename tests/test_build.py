@@ -1,9 +1,12 @@
 """What was built and loaded: the stable-ABI target, the CPU clone, the CUDA
 library's state. Builds nothing."""
+import os
 import subprocess
 import sys
 
+import pytest
 import torch
+from torch.utils import cpp_extension
 
 import facenms
 from facenms.core import extension
@@ -65,3 +68,35 @@ def test_info_runs_as_a_command():
                        text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert "stable_abi_target" in p.stdout and "cuda_library" in p.stdout
+
+
+SETUP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")
+
+
+@pytest.mark.skipif(not os.path.exists(SETUP), reason="needs the source tree's setup.py")
+@pytest.mark.parametrize("env, says", [
+    ({}, None),
+    ({"FORCE_CPU": "1"}, "not building facenms._C_cuda, the CUDA library: FORCE_CPU=1"),
+    ({"FORCE_CUDA": "1"}, "building facenms._C_cuda"),
+])
+def test_build_says_per_library_what_it_compiles_and_why(env, says):
+    """setup.py prints one line per library with its reason; without a GPU the CUDA library
+    is built only when FORCE_CUDA=1 asks for it (torchvision's rule)."""
+    if "FORCE_CUDA" in env and (torch.version.cuda is None
+                                or cpp_extension.CUDA_HOME is None):
+        pytest.skip("FORCE_CUDA needs a CUDA torch and nvcc")
+    clean = {k: v for k, v in os.environ.items() if k not in ("FORCE_CPU", "FORCE_CUDA")}
+    p = subprocess.run([sys.executable, SETUP, "--version"], capture_output=True, text=True,
+                       cwd=os.path.dirname(SETUP), env=dict(clean, **env), timeout=300)
+    assert p.returncode == 0, p.stderr
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("facenms: ")]
+    assert len(lines) == 2, p.stdout
+    assert lines[0].startswith("facenms: building facenms._C, the CPU library")
+    if says is None:  # the machine decides: a GPU visible to a CUDA torch, and nvcc
+        can = torch.version.cuda is not None and torch.cuda.is_available() and \
+            cpp_extension.CUDA_HOME is not None
+        says = "building facenms._C_cuda" if can else "not building facenms._C_cuda"
+        if not torch.cuda.is_available() and torch.version.cuda is not None and \
+                cpp_extension.CUDA_HOME is not None:
+            assert "no GPU visible" in lines[1], lines[1]
+    assert lines[1].startswith("facenms: " + says), lines[1]
