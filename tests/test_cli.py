@@ -66,3 +66,54 @@ def test_demo_runs_small():
 
 def test_info():
     assert "torch" in run("info")
+
+
+def test_every_flag_has_help_text():
+    """`facenms CMD --help` explains every option (argparse's own -h aside)."""
+    from facenms.cli import build_parser
+    missing = []
+    for name, sub in build_parser().commands.items():
+        for a in sub._actions:
+            if a.option_strings and a.dest != "help" and not (a.help or "").strip():
+                missing.append("facenms %s %s" % (name, "/".join(a.option_strings)))
+    assert not missing, missing
+
+
+def test_redirected_logs_hold_no_carriage_returns(tmp_path, tiny_rec):
+    """Progress bars are drawn only on a terminal: a log file gets lines, no \\r."""
+    log = tmp_path / "log"
+    with open(log, "wb") as f:
+        for args in (["train-proxy", "--dataset", tiny_rec, "--out", tmp_path / "p", "--epochs",
+                      "1", "--batch-size", "16", "--backbone", "mobilefacenet",
+                      "--input-size", "32", "--embedding-size", "16", "--workers", "0"],
+                     ["extract", "--dataset", tiny_rec, "--model", tmp_path / "p" / "proxy.pt",
+                      "--out", tmp_path / "f.npy", "--workers", "0", "--batch-size", "16"]):
+            p = subprocess.run([sys.executable, "-m", "facenms", *map(str, args)], stdout=f,
+                               stderr=subprocess.STDOUT, timeout=300)
+            assert p.returncode == 0, log.read_text()
+    text = log.read_bytes()
+    assert b"\r" not in text, text[-2000:]
+    assert b"extract:" in text
+
+
+def test_progress_bar_only_on_a_terminal():
+    """The same bar helper draws on a pseudo-terminal."""
+    import os
+    import pty
+    code = ("from facenms.io.progress import progress_bar\n"
+            "b = progress_bar(True, total=3, desc='t', unit='x')\n"
+            "assert b is not None\n"
+            "[b.update() for _ in range(3)]; b.close()\n"
+            "assert progress_bar(False, [1], desc='t', unit='x') == [1]\n")
+    master, slave = pty.openpty()
+    p = subprocess.run([sys.executable, "-c", code], stderr=slave, stdout=subprocess.PIPE,
+                       timeout=60)
+    os.close(slave)
+    out = os.read(master, 1 << 16)
+    os.close(master)
+    assert p.returncode == 0, out
+    assert b"\r" in out and b"3/3" in out
+    p = subprocess.run([sys.executable, "-c", code.replace("assert b is not None",
+                                                           "assert b is None\nraise SystemExit")],
+                       capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr

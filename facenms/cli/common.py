@@ -90,9 +90,11 @@ def add_selection_args(p):
     p.add_argument("--rank", default=None, choices=["sparsity", "centrality", "random"],
                    help="ranking within an identity (default: sparsity)")
     p.add_argument("--scores", help=".npy of per-face scores, higher ranked first")
-    p.add_argument("--min-per-identity", type=int, default=1)
+    p.add_argument("--min-per-identity", type=int, default=1,
+                   help="every identity keeps at least min(m, its faces) faces (default 1)")
     p.add_argument("--per-identity", action="store_true",
-                   help="with --ratio: every identity keeps round(ratio * n) faces")
+                   help="with --ratio: every identity keeps max(m, round(ratio * n_c)) faces, "
+                        "m = --min-per-identity")
     p.add_argument("--device", default=None, help="e.g. cuda (default: cpu)")
 
 

@@ -20,10 +20,14 @@ DEMO_CONFIG = {  # small enough for a laptop CPU in about a minute
 def add(sub):
     d = sub.add_parser("demo", help="the whole pipeline on generated images, then 60%% of 200k "
                                     "WebFace-like embeddings")
-    d.add_argument("--faces", type=positive_int, default=200_000)
-    d.add_argument("--dim", type=positive_int, default=512)
-    d.add_argument("--ratio", type=float, default=0.6)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--faces", type=positive_int, default=200_000,
+                   help="part 2: how many WebFace-like embeddings to generate (default 200000)")
+    d.add_argument("--dim", type=positive_int, default=512,
+                   help="part 2: their dimension (default 512)")
+    d.add_argument("--ratio", type=float, default=0.6,
+                   help="part 2: the fraction of faces to keep (default 0.6)")
+    d.add_argument("--seed", type=int, default=0,
+                   help="seed of the generated embeddings (default 0)")
     d.add_argument("--check", action="store_true", help="verify a part with the reference")
     d.add_argument("--out", help="write the kept indices here")
     d.add_argument("--no-pipeline", action="store_true",

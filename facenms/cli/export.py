@@ -1,7 +1,8 @@
 """`facenms export`: the core set of a dataset as RecordIO, .lst, image folders or indices."""
 import time
 
-from .common import load_array, progress
+from ..io.progress import progress_bar
+from .common import load_array
 
 
 def add(sub):
@@ -9,7 +10,9 @@ def add(sub):
     e.add_argument("--dataset", required=True,
                    help="image folder, or insightface RecordIO (train.rec or its folder)")
     e.add_argument("--keep", required=True, help=".npy of kept indices (from select)")
-    e.add_argument("--format", choices=["recordio", "lst", "folder", "npy"], default="recordio")
+    e.add_argument("--format", choices=["recordio", "lst", "folder", "npy"], default="recordio",
+                   help="recordio (default): train.rec/.idx/property; lst: an im2rec list; "
+                        "folder: one folder per identity; npy: the kept indices")
     e.add_argument("--layout", choices=["im2rec", "insightface"], default="im2rec",
                    help="RecordIO layout. im2rec (default): keys 0..n-1, read by MXFaceDataset, "
                         "mx.io.ImageRecordIter and DALI. insightface: header and identity "
@@ -43,12 +46,8 @@ def run(args):
     check_writable(args.out)
     ds = open_dataset(args.dataset)
     keep = load_array(args.keep, "keep", mmap=False)
-    bar = None
-    if progress():
-        from tqdm.auto import tqdm
-
-        def bar(it):
-            return tqdm(it, total=len(keep), unit="img", desc="export", leave=False)
+    def bar(it):
+        return progress_bar(True, it, total=len(keep), unit="img", desc="export", leave=False)
     t = time.perf_counter()
     inputs = [args.keep]
     extra = ""

@@ -7,8 +7,11 @@ at lane j) and the kept ``counts`` shaped like the thresholds. It also has
 ``close()``. facenms.scale.blocks.BlockRunner is the same for features
 read block by block and identities split over processes.
 """
+import sys
+
 import torch
 
+from ..io.progress import progress_bar
 from . import ops
 from .inputs import raise_bad_row
 
@@ -26,15 +29,14 @@ class Runner:
         self.passes = 0
         self.bar = None
         self.chunks = [(0, len(sizes))]
-        if progress and len(sizes) > 1:
-            from tqdm.auto import tqdm
+        if progress and len(sizes) > 1 and sys.stderr.isatty():
             cost = (sizes.double() ** 2).cpu().cumsum(0)
             total = float(cost[-1])
             cuts = torch.searchsorted(cost, torch.linspace(0, total, 51, dtype=torch.float64)[1:-1])
             bounds = sorted(set([0, len(sizes)] + [int(c) + 1 for c in cuts]))
             self.chunks = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if a < b]
-            self.bar = tqdm(total=int(offsets[-1]), unit="face", desc="facenms", leave=False,
-                            dynamic_ncols=True)
+            self.bar = progress_bar(True, total=int(offsets[-1]), unit="face", desc="facenms",
+                                    leave=False)
         self.bounds_host = offsets.cpu()
 
     def __call__(self, thresholds):

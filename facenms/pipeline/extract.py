@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..io import AtomicFiles, fsync_dir, pwrite_all
+from ..io.progress import progress_bar
 from ..scale.dist import join
 from . import runtime as rt
 from .embedders import load_model
@@ -387,11 +388,7 @@ def _run(ds, faces, labels, net, config, prep, out_path, labels_path, d, dev, wo
     loader = DataLoader(faces, batch_sampler=[range(k * bs, min(n, (k + 1) * bs)) for k in mine],
                         num_workers=workers if len(mine) > 1 else 0, pin_memory=pin,
                         collate_fn=rt.collate)
-    bar = None
-    if progress and d.main:
-        from tqdm import tqdm
-        bar = tqdm(total=len(mine), desc="extract", unit="batch", file=sys.stderr,
-                   dynamic_ncols=True)
+    bar = progress_bar(progress and d.main, total=len(mine), desc="extract", unit="batch")
     pending, last_sync, timer = [], time.time(), _Timer()
 
     def sync():

@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
+from ..io.progress import progress_bar
 from ..models import get_head, get_model
 from ..scale.dist import join
 from . import runtime as rt
@@ -216,11 +217,8 @@ def _train(ds, labels, out_dir, config, d, dev, batch_size, workers, resume, log
         model = DistributedDataParallel(
             state.net, device_ids=[dev.index] if dev.type == "cuda" else None)
 
-    bar = None
-    if progress and d.main:
-        from tqdm import tqdm
-        bar = tqdm(total=(config["epochs"] - state.start) * steps, desc="proxy", unit="batch",
-                   file=sys.stderr, dynamic_ncols=True)
+    bar = progress_bar(progress and d.main, total=(config["epochs"] - state.start) * steps,
+                       desc="proxy", unit="batch")
     with _cudnn_benchmark(dev):
         _epochs(model, state, loader, sampler, config, d, dev, idx, ck_path, steps, clip_grad,
                 bar, log_every)

@@ -32,6 +32,7 @@ from ..core.inputs import (as_tensor, bad_row_message, check_device, check_featu
                            check_scores, settings, to_family)
 from ..core.search import decide, sample_lanes, sample_take
 from ..core.select import kept_per_identity, make_info
+from ..io.progress import progress_bar
 from .dist import Comm, active, init, split_identities
 from .reader import Reader, is_mapped, is_path, nbytes, open_features, read_lanes
 
@@ -69,11 +70,8 @@ class BlockRunner:
         self.ranked = False
         self.passes = 0
         self.seconds = {"read": 0.0, "rank": 0.0, "nms": 0.0}
-        self.bar = None
-        if progress:
-            from tqdm.auto import tqdm
-            self.bar = tqdm(total=int(self.off_np[self.c_hi] - self.off_np[self.c_lo]),
-                            unit="face", desc="facenms", leave=False, dynamic_ncols=True)
+        self.bar = progress_bar(progress, total=int(self.off_np[self.c_hi] - self.off_np[self.c_lo]),
+                                unit="face", desc="facenms", leave=False)
 
     def rank(self):
         """Rank every identity of this rank (one read), without NMS."""
