@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import facenms  # noqa: E402
 import speed_baselines as sb  # noqa: E402
 from facenms.eval.embeddings import webface_like  # noqa: E402
+import which  # noqa: E402
 
 
 def best_of(fn, repeat):
@@ -112,4 +113,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    which.announce()
     main()

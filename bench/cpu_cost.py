@@ -16,14 +16,14 @@ import numpy as np
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-sys.path.insert(0, HERE)
+sys.path.insert(0, HERE)  # the bench helpers; facenms itself is the installed one
 
 import facenms  # noqa: E402
 from facenms.core import ops  # noqa: E402
 from facenms.core.csr import group  # noqa: E402
 from facenms.core.ranking import rank  # noqa: E402
 from out_of_core import template  # noqa: E402
+import which  # noqa: E402
 
 
 def cpu():
@@ -64,4 +64,5 @@ def main():
 
 
 if __name__ == "__main__":
+    which.announce()
     main()

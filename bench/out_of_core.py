@@ -28,8 +28,9 @@ import time
 
 import numpy as np
 
+import which
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 
 
 # ------------------------------------------------------------ generation ----
@@ -38,7 +39,6 @@ def template(n, d, seed=0, chunk=1 << 17):
     """n WebFace-like fp16 faces (identity sizes of facenms.eval.embeddings, shared nuisance
     directions, a third near-duplicates of an earlier face), identity after identity."""
     import torch
-    sys.path.insert(0, ROOT)
     from facenms.eval.embeddings import identity_sizes
     rng = np.random.default_rng(seed)
     sizes = identity_sizes(n, rng)
@@ -133,7 +133,6 @@ def read_speed(path, block=64 << 20):
 CHILD = r"""
 import json, sys, time
 import numpy as np
-sys.path.insert(0, %(root)r)
 import facenms
 kw = json.loads(sys.argv[1])
 labels = np.load(kw.pop("labels"))
@@ -161,7 +160,7 @@ print(json.dumps(dict(seconds=dt, faces=info.n_faces, kept=info.kept, ratio=info
 
 
 def run_child(args, keep_path, nice=True):
-    cmd = (["nice"] if nice else []) + [sys.executable, "-c", CHILD % {"root": ROOT},
+    cmd = (["nice"] if nice else []) + [sys.executable, "-c", CHILD,
                                         json.dumps(args), keep_path]
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
@@ -268,4 +267,5 @@ def compare(args, feats, labels, keep):
 
 
 if __name__ == "__main__":
+    which.announce()
     main()

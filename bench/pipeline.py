@@ -28,7 +28,6 @@ import time
 import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -38,6 +37,7 @@ from PIL import Image  # noqa: E402
 from facenms.data import open_dataset  # noqa: E402
 from facenms.data.synthetic import make_image_folder, make_recordio  # noqa: E402
 from facenms.models import get_head, get_model  # noqa: E402
+import which  # noqa: E402
 
 STAGES = ("decode", "extract", "torchscript", "onnx", "onnx-b1", "train", "export", "run")
 
@@ -517,4 +517,5 @@ def main():
 
 
 if __name__ == "__main__":
+    which.announce()
     main()
