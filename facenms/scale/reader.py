@@ -62,10 +62,9 @@ class Reader:
     os.replace): both are checked here, once, and the file is kept open, so a
     later replacement cannot change what is read.
 
-    lanes: preads in parallel for a large block. One thread copies about 5 GB/s
-    out of the page cache (2 threads ~9 GB/s, measured on 2 cores): enough for
-    a CPU selection on fewer than ~12 cores (~0.4 GB/s per core), not for a
-    GPU one; see read_lanes.
+    lanes: preads in parallel for a large block: one reader thread keeps up with
+    a CPU selection on a few cores, not with a GPU one; see read_lanes and
+    docs/scale.md for the measured rates.
     """
 
     def __init__(self, arr, lanes=1):
