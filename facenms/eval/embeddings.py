@@ -7,6 +7,8 @@ shared nuisance factors (pose, light: a few directions common to all
 identities) plus noise; a third of the faces are near-duplicates of an
 earlier face of their identity (bursts, re-uploads, video frames).
 """
+from typing import Tuple
+
 import numpy as np
 
 
@@ -26,8 +28,9 @@ def identity_sizes(n_faces, rng, mean=21.0, tail=1.42, max_size=5000):
     return sizes[sizes > 0]
 
 
-def webface_like(n_faces=200_000, dim=512, seed=0, dtype=np.float32, duplicates=0.33,
-                 noise=0.8, nuisance=8, chunk=1 << 16):
+def webface_like(n_faces: int = 200_000, dim: int = 512, seed: int = 0, *, dtype=np.float32,
+                 duplicates: float = 0.33, noise: float = 0.8, nuisance: int = 8,
+                 chunk: int = 1 << 16) -> Tuple[np.ndarray, np.ndarray]:
     """(features (N, dim) unit rows in `dtype`, labels (N,) int64), faces of an identity adjacent."""
     rng = np.random.default_rng(seed)
     sizes = identity_sizes(n_faces, rng)
