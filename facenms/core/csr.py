@@ -7,7 +7,7 @@ kernel pass sees the same layout.
 import numpy as np
 import torch
 
-from .inputs import as_tensor, check_tensor
+from .inputs import as_tensor, check_labels, check_tensor
 
 
 def stable_argsort(t):
@@ -50,9 +50,7 @@ def group(labels, n, device):
             raise TypeError("labels must be integers, got %s" % lab.dtype)
         shape = tuple(lab.shape)
     else:
-        lab = np.asarray(labels)
-        if lab.dtype.kind not in "iu":
-            raise TypeError("labels must be integers, got %s" % lab.dtype)
+        lab = check_labels(labels, n)
         shape = lab.shape
     if len(shape) != 1 or shape[0] != n:
         raise ValueError("labels must be 1-D with one label per face (%d), got shape %s"

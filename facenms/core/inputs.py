@@ -103,15 +103,26 @@ def number(v, name, lo, hi, lo_open=False):
     return float(v)
 
 
-def count(v, name):
-    """A non-negative integer (Python, numpy or 0-d), as a Python int."""
+def check_count(v, name, minimum=0):
+    """An integer >= minimum (Python, numpy or 0-d; not a bool), as a Python int."""
     if isinstance(v, (np.ndarray, torch.Tensor)) and v.ndim == 0:
         v = v.item()
     elif isinstance(v, np.generic):
         v = v.item()
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise ValueError("%s must be an integer >= 0, got %r" % (name, v))
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise ValueError("%s must be an integer >= %d, got %r" % (name, minimum, v))
     return v
+
+
+def check_labels(labels, n, name="labels"):
+    """numpy labels: integers, 1-D, one per face (n); returned as an array."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise TypeError("%s must be integers, got %s" % (name, labels.dtype))
+    if labels.shape != (n,):
+        raise ValueError("%s must be 1-D with one label per face (%d), got shape %s"
+                         % (name, n, labels.shape))
+    return labels
 
 
 def settings(ratio=None, threshold=None, rank=None, scores=None, min_per_identity=1,
@@ -134,9 +145,9 @@ def settings(ratio=None, threshold=None, rank=None, scores=None, min_per_identit
         raise ValueError("rank='scores' and scores= go together" if scores is None else
                          "scores= were given with rank=%r; leave rank unset" % rank)
     # an identity never keeps more than all its faces: larger values mean "all"
-    min_keep = min(count(min_per_identity, "min_per_identity"), 2 ** 62)
+    min_keep = min(check_count(min_per_identity, "min_per_identity"), 2 ** 62)
     return Settings(ratio, threshold, rank, min_keep, bool(per_identity),
-                    count(seed, "seed"))
+                    check_count(seed, "seed"))
 
 
 def check_device(device):

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.csr import group, segment_ids
-from ..core.inputs import as_tensor, check_features, check_scores, settings, to_family
+from ..core.inputs import as_tensor, check_features, check_scores, number, settings, to_family
 from ..core.ranking import rank as rank_rows
 from ..core.select import SelectionInfo
 
@@ -57,10 +57,7 @@ _BLOCK = 1 << 24  # elements per padded block (64 MiB of float32)
 # ------------------------------------------------------------- helpers ----
 
 def _check_ratio(ratio, name="ratio"):
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float, np.floating)) \
-            or not 0 < float(ratio) <= 1:
-        raise ValueError("%s must be a number in (0, 1], got %r" % (name, ratio))
-    return float(ratio)
+    return number(ratio, name, 0, 1, lo_open=True)
 
 
 def _one_of(ratio, param, pname):
@@ -323,8 +320,8 @@ def diffprob(features, labels, ratio=None, gap=None, *, probs=None, scale=30.0, 
     falls as the gap grows; ties: the smaller gap).
     """
     _one_of(ratio, gap, "gap")
-    if gap is not None and (isinstance(gap, bool) or not 0 <= float(gap) <= 1):
-        raise ValueError("gap must be a number in [0, 1], got %r" % (gap,))
+    if gap is not None:
+        gap = number(gap, "gap", 0, 1)
     x = check_features(as_tensor(features, "features"))
     if probs is None:
         probs = prototype_probs(x, labels, scale=scale, device=device)

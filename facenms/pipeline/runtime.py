@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.inputs import check_labels
 from ..io import AtomicFiles
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None, "none": None,
@@ -28,13 +29,7 @@ def open_dataset(dataset):
 
 
 def dataset_labels(ds):
-    labels = np.asarray(ds.labels)
-    if labels.ndim != 1 or len(labels) != len(ds):
-        raise ValueError("dataset labels must be 1-D with one label per face (%d faces), "
-                         "got shape %s" % (len(ds), labels.shape))
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise TypeError("dataset labels must be integers, got %s" % labels.dtype)
-    return labels.astype(np.int64, copy=False)
+    return check_labels(ds.labels, len(ds), "dataset labels").astype(np.int64, copy=False)
 
 
 def autocast(device, amp):

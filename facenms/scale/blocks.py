@@ -28,8 +28,8 @@ import torch
 
 from ..core import ops, ranking
 from ..core.csr import arange_within, group
-from ..core.inputs import (as_tensor, bad_row_message, check_device, check_features,
-                           check_scores, settings, to_family)
+from ..core.inputs import (as_tensor, bad_row_message, check_count, check_device,
+                           check_features, check_scores, settings, to_family)
 from ..core.search import decide, sample_lanes, sample_take
 from ..core.select import kept_per_identity, make_info
 from ..io.progress import progress_bar
@@ -185,15 +185,10 @@ def blocks(offsets, c_lo, c_hi, rows):
 def block_rows(d, itemsize, block_size=None, max_memory=None):
     """Faces per block: block_size, or what two blocks of max_memory bytes hold."""
     if block_size is not None:
-        if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) \
-                or block_size < 1:
-            raise ValueError("block_size must be a positive number of faces, got %r"
-                             % (block_size,))
-        return int(block_size)
-    budget = DEFAULT_MAX_MEMORY if max_memory is None else max_memory
-    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
-        raise ValueError("max_memory must be a positive number of bytes, got %r" % (max_memory,))
-    return max(1, int(budget) // (2 * max(1, d * itemsize)))
+        return check_count(block_size, "block_size (faces per block)", 1)
+    budget = DEFAULT_MAX_MEMORY if max_memory is None else \
+        check_count(max_memory, "max_memory (bytes)", 1)
+    return max(1, budget // (2 * max(1, d * itemsize)))
 
 
 def _sample_rows(src, order, offsets, sizes, seed):
