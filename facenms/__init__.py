@@ -13,7 +13,9 @@ re-exports; the compiled kernels load on first use.
 from . import reference
 from .core.extension import build_info
 from .core.select import SelectionInfo, curve
-from .scale.dispatch import select
+from .core.cleaning import LabelIssuesInfo
+from .scale.dispatch import label_issues, select
 
 __version__ = "0.1.0"
-__all__ = ["select", "curve", "SelectionInfo", "reference", "build_info"]
+__all__ = ["select", "label_issues", "curve", "SelectionInfo", "LabelIssuesInfo", "reference",
+           "build_info"]

@@ -3,11 +3,13 @@
 Slow (a Python loop per identity and face) and meant to be: it is the oracle
 the fast kernels are tested against, and users can run it on a sample of
 their own data to check a result. ``check_valid`` verifies any selection
-against the rule without recomputing it.
+against the rule without recomputing it. ``label_issues`` is the cleaning
+rule of facenms.core.cleaning, computed the same plain way.
 """
 import numpy as np
 
 NO_CENTRE = 2.0 ** -32  # unit rows summing to less than n * NO_CENTRE have no centre
+
 
 def as_float64(a):
     """numpy float64 from numpy, lists or torch tensors of any float dtype (bf16 too)."""
@@ -192,3 +194,48 @@ def check_valid(features, labels, keep, threshold, *, scores=None, rank=None,
             raise AssertionError("identity of faces %s kept %d < min_per_identity" % (
                 list(rows[:3]), len(greedy_kept)))
     return len(y)
+
+
+def lower_median(v):
+    """The lower middle element of the sorted values."""
+    return np.sort(np.asarray(v, dtype=np.float64))[(len(v) - 1) // 2]
+
+
+def label_issues(features, labels, *, threshold=8.0, min_faces=3, return_scores=False):
+    """Sorted indices of the faces the label-issue rule flags (facenms.core.cleaning states
+    it): a loop over faces and identities in float64, with nothing pruned.
+
+    return_scores: also return s_i for every face (NaN where not judged) and, per face,
+    the label of the nearest other identity.
+    """
+    y = unit_rows(features)
+    uniq, _ = identity_groups(labels)
+    ranked = rank_order(features, labels, "centrality")
+    centres = np.zeros((len(uniq), y.shape[1]))
+    own = np.zeros(len(y), dtype=np.int64)
+    for c, rows in enumerate(ranked):
+        inner = rows[:(len(rows) + 1) // 2] if len(rows) >= min_faces else rows
+        total = y[inner].sum(axis=0)
+        norm = np.sqrt(total @ total)
+        if norm > len(inner) * NO_CENTRE:
+            centres[c] = total / norm
+        own[rows] = c
+    judged = np.array([len(ranked[c]) >= min_faces for c in own], dtype=bool)
+    a = np.array([similarity(y[i], centres[own[i]]) for i in range(len(y))])
+    scores = np.full(len(y), np.nan)
+    other = np.asarray(uniq)[own].copy()
+    if judged.any():
+        mu = lower_median(a[judged])
+        sigma = 1.4826 * lower_median(np.abs(a[judged] - mu))
+        for i in np.flatnonzero(judged):
+            others = [k for k in range(len(uniq)) if k != own[i]]
+            b = a[i]  # no other identity: the margin is zero
+            if others:
+                sims = [similarity(y[i], centres[k]) for k in others]
+                j = int(np.argmax(sims))  # the first of equal maxima
+                b, other[i] = sims[j], uniq[others[j]]
+            excess = (mu - a[i]) + (b - a[i])
+            scores[i] = excess / sigma if sigma > 0 else (np.inf if excess > 0 else 0.0)
+    flagged = np.flatnonzero(judged & (np.nan_to_num(scores, nan=-np.inf) > threshold))
+    flagged = flagged.astype(np.int64)
+    return (flagged, scores, other) if return_scores else flagged

@@ -31,6 +31,7 @@ class SelectionInfo:
     kept_per_identity: np.ndarray
     thresholds: Optional[np.ndarray] = None  # per identity, with per_identity=True
     passes: int = 0  # NMS passes over the whole set (not counting the sample's)
+    label_issues: int = 0  # faces dropped as label issues first (select(clean=True))
     timings: Dict[str, float] = field(default_factory=dict)
 
     @property
@@ -40,9 +41,10 @@ class SelectionInfo:
     def summary(self) -> str:
         t = self.timings.get("total", 0.0)
         thr = "per identity" if self.threshold is None else "%.6f" % self.threshold
-        return ("%d faces, %d identities -> kept %d (%.2f%%), threshold %s, %d pass%s, "
+        dropped = ", %d label issues dropped" % self.label_issues if self.label_issues else ""
+        return ("%d faces, %d identities%s -> kept %d (%.2f%%), threshold %s, %d pass%s, "
                 "%.3f s, %.0f faces/s" % (
-                    self.n_faces, self.n_identities, self.kept, 100 * self.ratio, thr,
+                    self.n_faces, self.n_identities, dropped, self.kept, 100 * self.ratio, thr,
                     self.passes, "" if self.passes == 1 else "es", t,
                     self.n_faces / t if t > 0 else float("inf")))
 

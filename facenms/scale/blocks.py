@@ -233,10 +233,12 @@ def _source(features, device):
 
 def select(features, labels, ratio=None, threshold=None, *, scores=None, rank=None,
            min_per_identity=1, per_identity=False, seed=0, device=None, return_info=False,
-           progress=False, block_size=None, max_memory=None, distributed=None):
+           progress=False, block_size=None, max_memory=None, distributed=None, subset=None):
     """facenms.select over blocks of identities; see its documentation.
 
-    Every rank of a process group gets the same answer.
+    Every rank of a process group gets the same answer. subset: select among
+    these ascending rows of features only (labels and scores are theirs);
+    the indices returned are positions in subset.
     """
     t0 = time.perf_counter()
     s = settings(ratio, threshold, rank, scores, min_per_identity, per_identity, seed)
@@ -245,6 +247,8 @@ def select(features, labels, ratio=None, threshold=None, *, scores=None, rank=No
         labels = np.load(os.fspath(labels))
     comm = _comm(distributed)
     src, dev, n, d, itemsize = _source(features, device)
+    if subset is not None:
+        src, n = Subset(src, subset, n), len(subset)
     uniq, order, offsets, sizes = group(labels, n, torch.device("cpu"))
     key = None
     if scores is not None:
@@ -309,3 +313,20 @@ class InPlace:
     def load(self, pos):
         return self.x, torch.from_numpy(pos), None
 
+
+
+class Subset:
+    """Some rows of a source, addressed by their positions in `rows` (ascending)."""
+
+    def __init__(self, src, rows, n):
+        self.src, self.rows = src, np.asarray(rows, dtype=np.int64)
+        self.inverse = None
+        if isinstance(src, InPlace):  # blocks index the whole tensor: map its rows back
+            self.inverse = np.full(n, -1, dtype=np.int64)
+            self.inverse[self.rows] = np.arange(len(self.rows))
+
+    def load(self, pos):
+        x, local, got = self.src.load(self.rows[pos])
+        if got is None:
+            return x, local, self.inverse
+        return x, local, np.searchsorted(self.rows, got)
