@@ -47,7 +47,7 @@ import torch
 
 from . import ranking
 from .csr import arange_within, group, segment_ids
-from .inputs import as_tensor, check_device, check_features, number, count, to_family
+from .inputs import as_tensor, check_count, check_device, check_features, number, to_family
 
 DEFAULT_THRESHOLD = 8.0
 DEFAULT_MIN_FACES = 3
@@ -89,7 +89,7 @@ class LabelIssuesInfo:
 def check_options(threshold, min_faces):
     """(threshold, min_faces) validated; None means the default."""
     t = DEFAULT_THRESHOLD if threshold is None else number(threshold, "threshold", 0, 1000)
-    m = DEFAULT_MIN_FACES if min_faces is None else count(min_faces, "min_faces")
+    m = DEFAULT_MIN_FACES if min_faces is None else check_count(min_faces, "min_faces")
     if m < 3:
         raise ValueError("min_faces must be >= 3 (an identity of 2 faces has no majority), "
                          "got %d" % m)
