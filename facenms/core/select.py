@@ -38,6 +38,14 @@ class SelectionInfo:
     def n_identities(self) -> int:
         return len(self.identities)
 
+    def to_dict(self) -> Dict[str, object]:
+        """The summary that `facenms select --info` and `facenms run` write as JSON."""
+        doc = {k: getattr(self, k) for k in ("threshold", "ratio", "target_ratio", "kept",
+                                              "n_faces", "n_identities", "passes",
+                                              "label_issues")}
+        doc["timings"] = dict(self.timings)
+        return doc
+
     def summary(self) -> str:
         t = self.timings.get("total", 0.0)
         thr = "per identity" if self.threshold is None else "%.6f" % self.threshold

@@ -248,8 +248,7 @@ def _select(cfg, paths, progress):
     save_indices(paths["keep"], keep)
     stamp = _stamp(sel, {"features": paths["features"], "labels": paths["labels"]},
                    [paths["keep"]])
-    write_json(paths["select_info"], dict(stamp, threshold=info.threshold, ratio=info.ratio,
-                                          kept=info.kept))
+    write_json(paths["select_info"], dict(stamp, **info.to_dict()))
     _log("select", info.summary())
 
 
