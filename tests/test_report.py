@@ -40,7 +40,7 @@ def test_report_files(tmp_path, selection):
     paths = write_report(out, x, labels, keep, threshold=info.threshold, eval_results=evals,
                          sample_pairs=5000)
     assert set(paths) == {"kept_per_identity", "similarity", "ratio_vs_threshold", "roc",
-                          "report"}
+                          "report", "index"}
     for k, p in paths.items():
         assert os.path.isfile(p)
         if p.endswith(".png"):

@@ -12,19 +12,31 @@ Writes, into ``out_dir``:
 - ``ratio_vs_threshold.png``: kept ratio against threshold, from one pass of
   ``facenms.curve`` (64 thresholds);
 - ``roc.png`` when ``eval_results`` are given: TAR against FAR per model;
-- ``report.md``: the numbers behind the plots.
+- ``report.md``: the numbers behind the plots;
+- ``index.html``: one static page with the summary and the plots, and, when a
+  dataset is given, the faces themselves (thumbnails in ``thumbs/``): identity
+  galleries with each suppressed face beside the face that suppressed it, and
+  the label issues (facenms.pipeline.html_report says what is shown).
 
-Every file is written under a temporary name and renamed when complete.
+Every file is written under a temporary name and renamed when complete; the
+thumbnails first, then the page with the other files as one group. Thumbnails
+that a previous report left and this page does not show are removed after.
 """
 import os
 
 import numpy as np
 
-from ..io import AtomicFiles
+from ..io import AtomicFiles, check_not_inputs
+from .html_report import MAX_BYTES, MAX_THUMBNAILS, load_label_issues, write_page
 
 __all__ = ["write_report"]
 
 SAMPLE_PAIRS = 200_000
+PLOT_TITLES = {"kept_per_identity": "faces and kept faces per identity",
+               "similarity": "within-identity cosine similarity, all faces against kept faces",
+               "ratio_vs_threshold": "kept ratio against threshold",
+               "roc": "verification: true accept rate against false accept rate"}
+OUTPUT_NAMES = ["index.html", "report.md", "thumbs"] + [k + ".png" for k in PLOT_TITLES]
 
 
 def _plt():
@@ -85,8 +97,11 @@ def _field(r, name):
 
 
 def write_report(out_dir, features, labels, keep, *, threshold=None, eval_results=None,
-                 sample_pairs=SAMPLE_PAIRS, seed=0):
-    """Write the plots and report.md for a selection; returns {name: path}.
+                 sample_pairs=SAMPLE_PAIRS, seed=0, dataset=None, dataset_index=None,
+                 label_issues=None, info=None, identities=(), sample=(6, 6, 12), rank=None,
+                 scores=None, max_thumbnails=MAX_THUMBNAILS, max_bytes=MAX_BYTES,
+                 workers=None):
+    """Write the plots, report.md and index.html for a selection; returns {name: path}.
 
     features: (N, d) array (numpy, memmap or torch CPU); labels: (N,) ints;
     keep: indices of the kept faces (e.g. facenms.select's output);
@@ -94,66 +109,179 @@ def write_report(out_dir, features, labels, keep, *, threshold=None, eval_result
     eval_results: optional {model name: result} where a result has ``fpr`` and
     ``tpr`` (and optionally ``tar``, {far: TAR}): a facenms.verification
     VerificationResult or a dict with those keys.
+
+    The page (see facenms.pipeline.html_report): dataset, a FaceDataset or a path
+    open_dataset reads, adds the faces (thumbs/ beside index.html); dataset_index
+    gives the dataset position of every feature row (default: the same).
+    label_issues: a CSV (index,label,score,nearest_label,nearest_similarity; only
+    index is needed) or .npy path, an index array, or a mapping of those columns.
+    info: the selection's SelectionInfo or select.json dict (passes, label issues).
+    identities: labels to show besides the sample; sample: how many (largest,
+    most suppressed, random) identities; rank, scores, seed: the selection's
+    ranking, so that suppressed faces pair with their suppressors.
+    max_thumbnails, max_bytes: the page's bounds.
     """
     features, labels, keep = _check(features, labels, keep, threshold)
+    dataset, dataset_index, issues = _check_page_inputs(
+        out_dir, features, labels, dataset, dataset_index, label_issues, rank, scores)
+    missing = np.setdiff1d(np.asarray(identities, dtype=labels.dtype), labels)
+    if len(missing):
+        raise ValueError("identity %r is not among the labels" % (missing[0].item(),))
     n = len(labels)
-    rng = np.random.default_rng(seed)
     kept = np.zeros(n, bool)
     kept[keep] = True
     uniq, inv = np.unique(labels, return_inverse=True)
     faces_per = np.bincount(inv, minlength=len(uniq))
     kept_per = np.bincount(inv[keep], minlength=len(uniq))
     lines = _summary(n, len(keep), threshold, faces_per, kept_per)
-    paths = {}
-    os.makedirs(out_dir, exist_ok=True)
-    with AtomicFiles() as out:
-        def save(name, fig):
-            paths[name] = os.path.join(out_dir, name + ".png")
-            with out.open(paths[name], "wb") as f:
-                fig.savefig(f, format="png", dpi=100)
-            _plt().close(fig)
-
-        save("kept_per_identity", _kept_per_identity_plot(faces_per, kept_per, len(keep), n))
-        all_pairs = _sample_pairs(labels, np.ones(n, bool), sample_pairs, rng)
-        kept_pairs = _sample_pairs(labels, kept, sample_pairs, rng)
-        s_all, s_kept = _pair_sims(features, all_pairs), _pair_sims(features, kept_pairs)
-        fig, more = _similarity_plot(s_all, s_kept, threshold)
-        save("similarity", fig)
-        lines += more
-        if n:
-            fig, more = _curve_plot(features, labels, s_all, len(keep), threshold)
-            save("ratio_vs_threshold", fig)
-            lines += more
-        if eval_results:
-            fig, more = _roc_plot(eval_results)
-            save("roc", fig)
-            lines += more
+    with AtomicFiles() as out:  # it makes out_dir, and removes it again on a failure
+        paths, sizes = _plots(out, out_dir, features, labels, kept, threshold=threshold,
+                              eval_results=eval_results, sample_pairs=sample_pairs, seed=seed,
+                              lines=lines, faces_per=faces_per, kept_per=kept_per)
+        plots = [(os.path.basename(v), PLOT_TITLES[k]) for k, v in paths.items()]
         lines += ["## Plots", ""] + ["![%s](%s)" % (k, os.path.basename(v))
                                       for k, v in paths.items()] + [""]
+        paths["index"], shown = write_page(
+            out, out_dir, features, labels, kept,
+            page_summary(n, len(keep), threshold, faces_per, kept_per, info, issues, kept),
+            plots, dataset=dataset, dataset_index=dataset_index, issues=issues,
+            identities=identities, sample=sample, seed=seed, rank=rank or "sparsity",
+            scores=scores, threshold=threshold, max_thumbnails=max_thumbnails,
+            max_bytes=max_bytes, plot_bytes=sum(sizes.values()), workers=workers)
         paths["report"] = os.path.join(out_dir, "report.md")
         with out.open(paths["report"], "w") as f:
             f.write("\n".join(lines))
+    _remove_old_thumbnails(out_dir, shown["files"])
     return paths
+
+
+def _plots(out, out_dir, features, labels, kept, *, threshold, eval_results, sample_pairs,
+           seed, lines, faces_per, kept_per):
+    """The PNG plots through `out`; ({name: path}, {name: bytes}); appends to `lines`."""
+    n, n_keep = len(labels), int(kept.sum())
+    rng = np.random.default_rng(seed)
+    paths, sizes = {}, {}
+
+    def save(name, fig):
+        paths[name] = os.path.join(out_dir, name + ".png")
+        with out.open(paths[name], "wb") as f:
+            fig.savefig(f, format="png", dpi=100)
+            sizes[name] = f.tell()
+        _plt().close(fig)
+
+    save("kept_per_identity", _kept_per_identity_plot(faces_per, kept_per, n_keep, n))
+    all_pairs = _sample_pairs(labels, np.ones(n, bool), sample_pairs, rng)
+    kept_pairs = _sample_pairs(labels, kept, sample_pairs, rng)
+    s_all, s_kept = _pair_sims(features, all_pairs), _pair_sims(features, kept_pairs)
+    fig, more = _similarity_plot(s_all, s_kept, threshold)
+    save("similarity", fig)
+    lines += more
+    if n:
+        fig, more = _curve_plot(features, labels, s_all, n_keep, threshold)
+        save("ratio_vs_threshold", fig)
+        lines += more
+    if eval_results:
+        fig, more = _roc_plot(eval_results)
+        save("roc", fig)
+        lines += more
+    return paths, sizes
+
+
+def _remove_old_thumbnails(out_dir, files):
+    """Thumbnails an earlier report left that this page does not show (the page is
+    already in place: an interrupted removal leaves only unused files)."""
+    d = os.path.join(out_dir, "thumbs")
+    if not os.path.isdir(d):
+        return
+    keep = {os.path.basename(f) for f in files}
+    for e in os.scandir(d):
+        if e.is_file(follow_symlinks=False) and e.name.endswith(".jpg") and \
+                e.name not in keep:
+            os.remove(e.path)
+    if not os.listdir(d):
+        os.rmdir(d)
 
 
 def _check(features, labels, keep, threshold):
     if hasattr(features, "detach"):
         features = features.detach().cpu().numpy()
     labels = np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels).reshape(-1)
-    keep = np.asarray(keep.cpu() if hasattr(keep, "cpu") else keep).reshape(-1)
+    keep = np.asarray(keep.cpu() if hasattr(keep, "cpu") else keep)
     n = len(labels)
     if features.ndim != 2 or features.shape[0] != n:
         raise ValueError("features must be (N, d) with N = len(labels) = %d, got shape %s"
                          % (n, tuple(features.shape)))
     if keep.dtype.kind not in "iu":
         raise TypeError("keep must hold integer indices, got %s" % keep.dtype)
+    if keep.ndim != 1:
+        raise ValueError("keep must be a 1-D array of indices, got shape %s" % (keep.shape,))
     if len(keep) and (keep.min() < 0 or keep.max() >= n):
-        raise ValueError("keep has indices outside [0, %d)" % n)
+        bad = keep[(keep < 0) | (keep >= n)][0]
+        raise ValueError("keep has indices outside [0, %d): the first is %d" % (n, bad))
     if len(np.unique(keep)) != len(keep):
         raise ValueError("keep has repeated indices")
     if threshold is not None and not -1 <= float(threshold) <= 1:
         raise ValueError("threshold must be in [-1, 1], got %r" % (threshold,))
     return features, labels, keep
+
+
+def _check_page_inputs(out_dir, features, labels, dataset, dataset_index, label_issues,
+                       rank, scores):
+    """The dataset (opened), its row map and the label issues, checked before any write."""
+    n = len(labels)
+    if rank not in (None, "sparsity", "centrality", "random", "scores"):
+        raise ValueError("rank must be sparsity, centrality, random or scores, got %r"
+                         % (rank,))
+    if (rank == "scores") != (scores is not None) and rank is not None:
+        raise ValueError("rank='scores' and scores= go together")
+    if scores is not None and np.shape(scores) != (n,):
+        raise ValueError("scores must hold one value per face (%d), got shape %s"
+                         % (n, np.shape(scores)))
+    if isinstance(dataset, (str, os.PathLike)):
+        from ..data import open_dataset
+        dataset = open_dataset(os.fspath(dataset))
+    if dataset_index is not None:
+        dataset_index = np.asarray(dataset_index).reshape(-1)
+        if len(dataset_index) != n:
+            raise ValueError("dataset_index has %d entries for %d faces"
+                             % (len(dataset_index), n))
+    if dataset is not None:
+        if dataset_index is None and len(dataset) != n:
+            raise ValueError("the dataset %s has %d faces but the features have %d rows; "
+                             "give the dataset the features were extracted from"
+                             % (_name(dataset), len(dataset), n))
+        if dataset_index is not None and len(dataset_index) and (
+                dataset_index.min() < 0 or dataset_index.max() >= len(dataset)):
+            raise ValueError("dataset_index points outside the dataset's %d faces"
+                             % len(dataset))
+    outputs = [os.path.join(out_dir, f) for f in OUTPUT_NAMES]
+    inputs = [getattr(features, "filename", None)] + (
+        [os.fspath(label_issues)] if isinstance(label_issues, (str, os.PathLike)) else [])
+    check_not_inputs(outputs, inputs + (list(dataset.files()) if dataset is not None else []),
+                     list(dataset.trees()) if dataset is not None else [])
+    return dataset, dataset_index, load_label_issues(label_issues, labels)
+
+
+def _name(dataset):
+    files = list(dataset.files()) + list(dataset.trees())
+    return files[0] if files else repr(dataset)
+
+
+def page_summary(n, n_keep, threshold, faces_per, kept_per, info, issues, kept):
+    """[(name, value)] for the page's summary table."""
+    get = (lambda k: info.get(k)) if isinstance(info, dict) else \
+        (lambda k: getattr(info, k, None))
+    passes = get("passes") if info is not None else None
+    rows = [("faces", n), ("identities", len(faces_per)),
+            ("kept", "%d (%.2f%%)" % (n_keep, 100 * n_keep / max(1, n))),
+            ("threshold", "%.4f" % threshold if threshold is not None else "not given"),
+            ("passes", passes if passes is not None else "not recorded"),
+            ("identities with no face kept", int((kept_per == 0).sum()))]
+    if issues is not None:
+        flagged = issues["index"]
+        rows.append(("label issues", "%d flagged, %d of them dropped (not kept)" % (
+            len(flagged), int((~kept[flagged]).sum()))))
+    return rows
 
 
 def _summary(n, n_keep, threshold, faces_per, kept_per):
