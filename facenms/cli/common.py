@@ -5,49 +5,23 @@ import sys
 
 import numpy as np
 
+from ..io import load_npy
+
 
 class CommandError(Exception):
     """An error a command reports as one line (no traceback)."""
 
 
+# what each slot of a command takes: (dtype kind, dimensions); see facenms.io.npy
+SLOTS = {"features": ("float", 2), "labels": ("int", 1), "keep": ("int", 1),
+         "scores": ("number", 1)}
+
+
 def load_array(path, what, mmap=True):
-    """A .npy file (memory-mapped by default); CommandError naming it when it cannot be read."""
-    if not os.path.exists(path):
-        raise CommandError("%s file not found: %s" % (what, path))
-    if os.path.isdir(path):
-        raise CommandError("%s file %s is a directory, not a .npy file" % (what, path))
-    check_npy(path, what)
-    try:
-        return np.load(path, mmap_mode="r" if mmap else None)
-    except (ValueError, OSError, EOFError) as e:
-        raise CommandError("cannot read %s file %s: %s" % (what, path, " ".join(
-            str(e).split()))) from None
-
-
-def check_npy(path, what):
-    """The .npy header is readable and the file holds the bytes it announces."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        try:
-            version = np.lib.format.read_magic(f)
-            if version not in ((1, 0), (2, 0)):
-                return  # a newer format: np.load itself checks it
-            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
-                np.lib.format.read_array_header_2_0
-            shape, _, dtype = read(f)
-        except (ValueError, EOFError, SyntaxError) as e:
-            raise CommandError("%s file %s is not a readable .npy file (%s bytes; %s)" % (
-                what, path, size, " ".join(str(e).split())[:200])) from None
-        offset = f.tell()
-    if any(n < 0 for n in shape):
-        raise CommandError("%s file %s: its header has a negative shape %s" % (what, path, shape))
-    need = offset + int(np.prod(shape, dtype=object)) * dtype.itemsize
-    if dtype.hasobject:
-        raise CommandError("%s file %s holds Python objects, not numbers" % (what, path))
-    if need > size:
-        raise CommandError("%s file %s is truncated or its header is wrong: shape %s of %s "
-                           "needs %d bytes, the file has %d" % (what, path, shape, dtype, need,
-                                                                size))
+    """A .npy file (memory-mapped by default) of the slot `what`, through facenms.io's one
+    loader: every malformed file is one line naming the path and what is wrong."""
+    kind, ndim = SLOTS.get(what, (None, None))
+    return load_npy(path, mmap=mmap, what=what, kind=kind, ndim=ndim)
 
 
 def given(args, names):
@@ -112,7 +86,7 @@ def in_dataset_order(features_path, labels, scores=None):
     if found is None:
         return None, labels, scores
     perm, sorted_labels = found
-    want = np.load(sorted_labels, mmap_mode="r")
+    want = load_array(sorted_labels, "labels")
     labels = np.asarray(labels)
     if len(labels) != len(perm):
         raise CommandError("labels have %d entries, %s has %d rows"

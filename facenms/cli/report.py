@@ -18,10 +18,11 @@ def _info(path):
 
 
 def run(args):
+    from ..core.inputs import check_indices
     from ..pipeline.report import write_report
     feats = load_array(args.features, "features")
     labels = load_array(args.labels, "labels", mmap=False)
-    keep = load_array(args.keep, "keep", mmap=False)
+    keep = check_indices(load_array(args.keep, "keep", mmap=False), len(feats), args.keep)
     perm, labels, _ = in_dataset_order(args.features, labels)
     if perm is not None:  # keep holds dataset positions; the rows are in the sorted order
         where = np.empty_like(perm)

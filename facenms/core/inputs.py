@@ -201,3 +201,26 @@ def raise_bad_row(x):
     if bad is None:
         raise AssertionError("no bad row in features")  # only called when a kernel saw one
     raise ValueError(bad_row_message(*bad))
+
+
+def check_indices(keep, n, name="keep"):
+    """Kept indices as int64 numpy: 1-D integers in [0, n), each at most once.
+
+    ValueError/TypeError naming `name` (a path, for a file) and the first bad entry.
+    """
+    k = np.asarray(keep.cpu() if isinstance(keep, torch.Tensor) else keep)
+    if k.ndim != 1:
+        raise ValueError("%s: indices must be 1-D, got %s" % (
+            name, "a 0-d array (a single value)" if k.ndim == 0 else "shape %s" % (k.shape,)))
+    if k.dtype.kind not in "iu":
+        raise TypeError("%s: indices must be integers, got %s" % (name, k.dtype))
+    bad = np.flatnonzero((k < 0) | (k >= n)) if len(k) else []
+    if len(bad):
+        raise ValueError("%s: index %d (entry %d) is outside [0, %d)" % (
+            name, int(k[bad[0]]), int(bad[0]), n))
+    k = k.astype(np.int64, copy=False)
+    s = np.sort(k)
+    dup = np.flatnonzero(s[1:] == s[:-1])
+    if len(dup):
+        raise ValueError("%s: index %d appears more than once" % (name, int(s[dup[0]])))
+    return k

@@ -25,7 +25,15 @@ def decide(run, settings, n, sizes, device, first_lanes=None):
         return torch.zeros(0, dtype=torch.bool, device=device), settings.threshold, None
     if settings.mode == "threshold":
         bits, _ = run(torch.tensor([settings.threshold], dtype=torch.float64))
+        if settings.threshold >= 1.0:  # a cosine rounded above 1 must not suppress a copy
+            return keep_all(n, device), settings.threshold, None
         return (bits & 1).bool(), settings.threshold, None
+    if settings.ratio == 1.0:  # all faces; the one pass still checks every row
+        run(torch.tensor([1.0], dtype=torch.float64))
+        if settings.mode == "per_identity":
+            return keep_all(n, device), None, torch.ones(len(sizes), dtype=torch.float64,
+                                                          device=sizes.device)
+        return keep_all(n, device), 1.0, None
     if settings.mode == "ratio":
         first = first_lanes() if first_lanes is not None else None
         # a count within 0.01% of the faces is as good as exact and saves a pass
@@ -33,6 +41,11 @@ def decide(run, settings, n, sizes, device, first_lanes=None):
         return ((best.bits >> best.lane) & 1).bool(), best.t, None
     keep, thresholds = per_identity(run, sizes, settings.ratio, settings.min_keep)
     return keep, None, thresholds
+
+
+def keep_all(n, device):
+    """Keep bits for every rank position (a threshold of 1 or more suppresses nothing)."""
+    return torch.ones(n, dtype=torch.bool, device=device)
 
 
 def even_lanes(lo, hi, n=LANES):

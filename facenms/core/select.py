@@ -162,4 +162,5 @@ def curve(features, labels, thresholds=None, *, scores=None, rank=None, min_per_
         _, counts = run(ts)
     finally:
         run.close()
+    counts[ts.to(counts.device) >= 1.0] = n  # as select(): a threshold of 1 keeps every face
     return ts.numpy(), counts.cpu().double().numpy() / n

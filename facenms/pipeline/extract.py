@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..io import AtomicFiles, fsync_dir, pwrite_all
+from ..io import AtomicFiles, fsync_dir, pwrite_all, read_npy_header
 from ..io.progress import progress_bar
 from ..scale.dist import join
 from . import runtime as rt
@@ -124,19 +124,13 @@ def _unusable(p, config, n_batches):
         if not os.path.exists(p[k]):
             return "has no %s file %s" % (k, p[k])
     try:
-        with open(p["partial"], "rb") as f:
-            read = {(1, 0): np.lib.format.read_array_header_1_0,
-                    (2, 0): np.lib.format.read_array_header_2_0}
-            version = np.lib.format.read_magic(f)
-            if version not in read:
-                raise ValueError("npy format version %s" % (version,))
-            shape, _, dtype = read[version](f)
-            offset = f.tell()
-    except (ValueError, OSError, EOFError) as e:
+        h = read_npy_header(p["partial"], check_size=False)  # the size is told below
+    except (ValueError, OSError) as e:
         return "has an unreadable header (%s)" % e
-    if shape != (config["n"], config["dim"]) or dtype != np.float16:
-        return "holds %s %s, not %d x %d float16" % (dtype, shape, config["n"], config["dim"])
-    want = offset + config["n"] * config["dim"] * 2
+    if h.shape != (config["n"], config["dim"]) or h.dtype != np.float16:
+        return "holds %s %s, not %d x %d float16" % (h.dtype, h.shape, config["n"],
+                                                      config["dim"])
+    want = h.offset + config["n"] * config["dim"] * 2
     if os.path.getsize(p["partial"]) != want:
         return "is %d bytes, not %d (truncated?)" % (os.path.getsize(p["partial"]), want)
     if os.path.getsize(p["progress"]) != n_batches * MARK.size:

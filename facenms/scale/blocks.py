@@ -19,7 +19,6 @@ Passes over the file: threshold and per-identity mode rank during the first
 NMS pass; ratio mode reads once to rank (the sample that brackets the
 threshold needs ranked identities), then once per NMS pass (two to five).
 """
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -34,7 +33,8 @@ from ..core.search import decide, sample_lanes, sample_take
 from ..core.select import kept_per_identity, make_info
 from ..io.progress import progress_bar
 from .dist import Comm, active, init, split_identities
-from .reader import Reader, is_mapped, is_path, nbytes, open_features, read_lanes
+from .reader import (Reader, is_mapped, is_path, nbytes, open_features, open_labels,
+                     read_lanes)
 
 DEFAULT_MAX_MEMORY = 1 << 30  # bytes of feature blocks in RAM when nothing is said
 
@@ -243,8 +243,7 @@ def select(features, labels, ratio=None, threshold=None, *, scores=None, rank=No
     t0 = time.perf_counter()
     s = settings(ratio, threshold, rank, scores, min_per_identity, per_identity, seed)
     features = open_features(features)
-    if isinstance(labels, (str, os.PathLike)):
-        labels = np.load(os.fspath(labels))
+    labels = open_labels(labels)
     comm = _comm(distributed)
     src, dev, n, d, itemsize = _source(features, device)
     if subset is not None:

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from ..io import pread_all
+from ..io import load_npy, pread_all
 
 
 def is_mapped(a):
@@ -33,16 +33,19 @@ def is_path(a):
 
 
 def open_features(features):
-    """A path to a .npy opens memory-mapped; arrays pass through."""
+    """A path to a .npy opens memory-mapped (checked by facenms.io's loader); arrays pass
+    through."""
     if isinstance(features, (str, os.PathLike)):
-        path = os.fspath(features)
-        if not os.path.exists(path):
-            raise FileNotFoundError("features file not found: %s" % path)
-        try:
-            return np.load(path, mmap_mode="r")
-        except ValueError as e:
-            raise ValueError("cannot memory-map features file %s: %s" % (path, e)) from None
+        return load_npy(features, mmap=True, what="features", kind="float", ndim=2)
     return features
+
+
+def open_labels(labels):
+    """A path to a .npy of labels is read (checked by facenms.io's loader); arrays pass
+    through."""
+    if isinstance(labels, (str, os.PathLike)):
+        return load_npy(labels, what="labels", kind="int", ndim=1)
+    return labels
 
 
 class Reader:

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..io import AtomicFiles, check_not_inputs, file_identity
 from .blocks import block_rows
-from .reader import Reader, open_features
+from .reader import Reader, open_features, open_labels
 
 
 FORMAT = "facenms-sorted/1"
@@ -79,12 +79,13 @@ def sort_features(features, labels, out, perm_out=None, labels_out=None, block_s
     """
     x = open_features(features)
     labels_arg = labels
-    if isinstance(labels, (str, os.PathLike)):
-        labels = np.load(os.fspath(labels))
+    labels = open_labels(labels)
     labels = np.asarray(labels)
     if not isinstance(x, np.ndarray) or x.ndim != 2:
         raise ValueError("features must be a 2-D numpy array or .npy file, got %s"
                          % (getattr(x, "shape", type(x).__name__),))
+    if x.dtype not in (np.float16, np.float32, np.float64):  # what select reads
+        raise TypeError("features must be float16, float32 or float64, got %s" % x.dtype)
     if labels.dtype.kind not in "iu":
         raise TypeError("labels must be integers, got %s" % labels.dtype)
     if labels.shape != (x.shape[0],):
