@@ -84,7 +84,7 @@ def test_redirected_logs_hold_no_carriage_returns(tmp_path, tiny_rec):
     log = tmp_path / "log"
     with open(log, "wb") as f:
         for args in (["train-proxy", "--dataset", tiny_rec, "--out", tmp_path / "p", "--epochs",
-                      "1", "--batch-size", "16", "--backbone", "mobilefacenet",
+                      "1", "--batch-size", "8", "--fraction", "1.0", "--backbone", "mobilefacenet",
                       "--input-size", "32", "--embedding-size", "16", "--workers", "0"],
                      ["extract", "--dataset", tiny_rec, "--model", tmp_path / "p" / "proxy.pt",
                       "--out", tmp_path / "f.npy", "--workers", "0", "--batch-size", "16"]):
@@ -105,11 +105,23 @@ def test_progress_bar_only_on_a_terminal():
             "assert b is not None\n"
             "[b.update() for _ in range(3)]; b.close()\n"
             "assert progress_bar(False, [1], desc='t', unit='x') == [1]\n")
+    import fcntl
+    import struct
+    import termios
     master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 100 columns
     p = subprocess.run([sys.executable, "-c", code], stderr=slave, stdout=subprocess.PIPE,
                        timeout=60)
     os.close(slave)
-    out = os.read(master, 1 << 16)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 1 << 16)
+        except OSError:  # EIO: the other end is closed and everything was read
+            break
+        if not chunk:
+            break
+        out += chunk
     os.close(master)
     assert p.returncode == 0, out
     assert b"\r" in out and b"3/3" in out
