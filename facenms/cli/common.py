@@ -39,9 +39,9 @@ def positive_int(s):
     try:
         v = int(s)
     except ValueError:
-        raise argparse.ArgumentTypeError("not an integer: %r" % s) from None
+        v = 0
     if v < 1:
-        raise argparse.ArgumentTypeError("must be >= 1, got %d" % v)
+        raise argparse.ArgumentTypeError("must be a positive integer, got %r" % s)
     return v
 
 

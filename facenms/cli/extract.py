@@ -1,27 +1,17 @@
 """`facenms extract`: every face embedded into a float16 .npy."""
-import argparse
-
-from .common import given
-
-
-def positive_int(s):
-    try:
-        v = int(s)
-    except ValueError:
-        v = 0
-    if v < 1:
-        raise argparse.ArgumentTypeError("must be a positive integer, got %r" % s)
-    return v
+from .common import given, positive_int
 
 
 def add(sub):
     x = sub.add_parser("extract", help="embed every face into a float16 .npy")
-    x.add_argument("--dataset", required=True)
+    x.add_argument("--dataset", required=True, help="image folder or RecordIO (.rec, or a folder "
+                   "holding train.rec)")
     x.add_argument("--model", required=True,
                    help="proxy checkpoint, TorchScript, torch.export (.pt2) or ONNX file")
     x.add_argument("--out", required=True, help="features .npy (labels.npy is written beside)")
-    x.add_argument("--labels-path")
-    x.add_argument("--batch-size", type=positive_int)
+    x.add_argument("--labels-path", help="where to write the labels (default: labels.npy "
+                   "beside --out)")
+    x.add_argument("--batch-size", type=positive_int, help="faces per forward pass (default 256)")
     x.add_argument("--workers", type=int, help="DataLoader processes (default: from the cores)")
     x.add_argument("--amp", choices=["bf16", "fp16", "none"], default="bf16")
     x.add_argument("--flip", action="store_true", help="add the mirrored face's embedding")
@@ -33,8 +23,9 @@ def add(sub):
                    "--mean 127 --std 128)")
     x.add_argument("--channel-order", choices=["rgb", "bgr"],
                    help="the channel order the model takes (default rgb)")
-    x.add_argument("--device")
-    x.add_argument("--no-resume", action="store_true")
+    x.add_argument("--device", help="e.g. cuda, cuda:1, cpu (default: cuda when available)")
+    x.add_argument("--no-resume", action="store_true",
+                   help="start afresh instead of continuing an interrupted extraction")
     x.set_defaults(func=run)
 
 
