@@ -242,3 +242,19 @@ def test_two_process_torchrun_equals_one_process(tmp_path):
     np.testing.assert_allclose(got["issue_score"], info.issue_score, rtol=1e-5)
     np.testing.assert_array_equal(got["select"], facenms.select(x, labels, ratio=0.6,
                                                                 clean=True))
+
+
+def test_bfloat16_screen_changes_nothing():
+    """Rows screened out in bfloat16 could not have been flagged; the rest are exact."""
+    from facenms.core.cleaning import nearest_other
+    g = torch.Generator().manual_seed(0)
+    y = torch.nn.functional.normalize(torch.randn(500, 32, generator=g), dim=1)
+    centres = torch.nn.functional.normalize(torch.randn(40, 32, generator=g), dim=1)
+    own = torch.randint(0, 40, (500,), generator=g)
+    b, k = nearest_other(y, own, centres)
+    need = b + (torch.rand(500, generator=g) - 0.5) * 0.02  # around each row's b
+    b2, k2 = nearest_other(y, own, centres, need)
+    hit = b > need
+    assert 0 < int(hit.sum()) < 500
+    assert torch.equal(b2[hit], b[hit]) and torch.equal(k2[hit], k[hit])
+    assert bool((b2[~hit] <= b[~hit]).all())  # screened out: -inf, or exact

@@ -29,7 +29,8 @@ def test_every_stage_ran_and_the_subset_reads_back(done):
     assert feats.dtype == np.float16 and len(feats) == len(labels)
     np.testing.assert_allclose(np.linalg.norm(feats.astype(np.float32), axis=1), 1, atol=2e-3)
     keep = np.load(paths["keep"])
-    np.testing.assert_array_equal(keep, facenms.select(feats, labels, ratio=0.6))
+    np.testing.assert_array_equal(keep, facenms.select(feats, labels, ratio=0.6,
+                                                       clean=cfg["select"].get("clean", False)))
     src, core = open_dataset(cfg["data"]["dataset"]), open_dataset(paths["export"])
     assert len(core) == len(keep)
     # the subset holds the kept images, identities renumbered densely in order

@@ -9,7 +9,8 @@ into an "image" vector, plus pixel noise. What makes it look like WebFace:
 - bursts: photos come in sessions of near-duplicates (same pose/light, tiny
   changes), the redundancy that core-set selection is meant to remove;
 - low-quality photos (heavy pixel noise, like blur or low resolution);
-- a few percent mislabeled photos (another identity's face under this label).
+- a few percent mislabeled photos (another identity's face under this label);
+- optionally, open-set outliers: photos of people who are not in the set at all.
 
 Evaluation identities are disjoint from training identities and their photos
 are clean single shots (no bursts, no label noise), like LFW/IJB pairs. The
@@ -39,6 +40,7 @@ class WorldConfig:
     low_quality: float = 0.08  # fraction of photos with heavy noise
     low_quality_noise: float = 0.45
     mislabeled: float = 0.03
+    outliers: float = 0.0  # fraction of photos of people outside the set (true label -1)
     eval_faces: int = 8  # photos per evaluation identity
     eval_negatives: int = 200_000
 
@@ -70,11 +72,13 @@ class World:
         sizes = np.bincount(self.labels)
         n_b = len(np.unique(self.burst))
         return ("%d training photos of %d identities (mean %.1f, max %d), %d sessions "
-                "(%.0f%% of photos repeat a session), %.1f%% low quality, %.1f%% mislabeled; "
+                "(%.0f%% of photos repeat a session), %.1f%% low quality, %.1f%% mislabeled "
+                "(%.1f%% of people outside the set); "
                 "eval: %d photos, %d genuine + %d impostor pairs" % (
                     len(self.labels), len(sizes), sizes.mean(), sizes.max(), n_b,
                     100 * (1 - n_b / len(self.labels)), 100 * self.low_quality.mean(),
-                    100 * np.mean(self.labels != self.true_labels), len(self.eval_images),
+                    100 * np.mean(self.labels != self.true_labels),
+                    100 * np.mean(self.true_labels < 0), len(self.eval_images),
                     self.issame.sum(), (~self.issame).sum()))
 
 
@@ -123,7 +127,14 @@ def make_world(cfg=None, seed=0):
     wrong = rng.random(n) < cfg.mislabeled
     true[wrong] = (labels[wrong] + rng.integers(1, cfg.train_identities, wrong.sum())) \
         % cfg.train_identities
-    x = render(z[true] + d, u)
+    latent = z[true]
+    if cfg.outliers > 0:  # drawn only then, so that worlds without them stay as they were
+        stranger = (rng.random(n) < cfg.outliers) & ~wrong
+        fresh = rng.standard_normal((int(stranger.sum()), cfg.latent_dim))
+        latent[stranger] = fresh / np.linalg.norm(fresh, axis=1, keepdims=True) * np.sqrt(
+            cfg.latent_dim)
+        true[stranger] = -1
+    x = render(latent + d, u)
     low = rng.random(n) < cfg.low_quality
     noise = np.where(low, cfg.low_quality_noise, cfg.pixel_noise)[:, None]
     x += rng.standard_normal(x.shape) * noise

@@ -8,10 +8,11 @@ import argparse
 import os
 import sys
 
-from . import demo, export, extract, index, info, report, run, select, sort, train
+from . import (demo, export, extract, index, info, label_issues, report, run, select, sort,
+               train)
 from .common import CommandError
 
-COMMANDS = (select, sort, report, demo, export, index, train, extract, run, info)
+COMMANDS = (select, label_issues, sort, report, demo, export, index, train, extract, run, info)
 # what a user's input or environment can raise; anything else is a bug and keeps its traceback
 USER_ERRORS = (CommandError, ValueError, TypeError, OSError, ImportError, EOFError, MemoryError,
                OverflowError, RuntimeError)

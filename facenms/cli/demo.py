@@ -12,7 +12,7 @@ DEMO_CONFIG = {  # small enough for a laptop CPU in about a minute
                   width=16), embedding_size=64, input_size=32, epochs=4, batch_size=32,
                   lr=0.05, workers=0),
     "extract": dict(batch_size=64, workers=0),
-    "select": dict(ratio=0.6),
+    "select": dict(ratio=0.6, clean=True),  # label issues out first (label_issues.csv)
     "export": dict(format="recordio"),
 }
 

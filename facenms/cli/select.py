@@ -22,6 +22,8 @@ def add(sub):
     add_memory_args(s)
     s.add_argument("--distributed", action="store_true",
                    help="split the work over torchrun's processes (default when WORLD_SIZE > 1)")
+    s.add_argument("--clean", action="store_true",
+                   help="first drop the faces label-issues flags (ratio still counts all faces)")
     s.set_defaults(func=run)
 
 
@@ -34,7 +36,7 @@ def select(features, labels, args, scores=None):
         scores=scores, min_per_identity=args.min_per_identity, per_identity=args.per_identity,
         device=args.device, return_info=True, progress=progress(), block_size=args.block_size,
         max_memory=parse_bytes(args.max_memory) if args.max_memory else None,
-        distributed=distributed)
+        distributed=distributed, clean=args.clean)
 
 
 def run(args):
@@ -58,6 +60,6 @@ def run(args):
                                         " (dataset order: mapped through the sort's perm)"))
     if args.info:
         doc = {k: getattr(info, k) for k in ("threshold", "ratio", "target_ratio", "kept",
-                                              "n_faces", "passes", "timings")}
+                                              "n_faces", "passes", "timings", "label_issues")}
         doc["n_identities"] = info.n_identities
         write_json(args.info, doc)

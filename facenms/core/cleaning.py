@@ -34,7 +34,11 @@ The rule (``facenms.reference.label_issues`` states it in plain numpy):
 Cost. ``s_i`` can exceed the threshold only if ``(mu - a_i) + (1 - a_i) >
 threshold * sigma`` (as ``b_i <= 1``); only those candidates (a few percent)
 are compared with every centre, in blocks of faces against all centres
-(``torch.mm``), never a dense N x K matrix. The rest is one read of the
+(``torch.mm``), never a dense N x K matrix; float32 features are screened
+in bfloat16 first and only the faces the screen cannot rule out are computed
+in float32 (the result is the float32 one). That search costs candidates x
+K x d multiply-adds, which grows with the number of identities: at millions
+of identities it, not the read, dominates. The rest is one read of the
 features: the ranking (the ``prepare`` kernel), the centres and ``a``.
 """
 import math
@@ -54,6 +58,10 @@ DEFAULT_MIN_FACES = 3
 MAD_TO_SIGMA = 1.4826
 NO_CENTRE = 2.0 ** -32  # as facenms.reference: a centre shorter than n * this is no direction
 BLOCK_ELEMENTS = 1 << 23  # similarities per block of faces against all centres
+# |bfloat16 - float32 cosine| of unit vectors: 2 roundings of 2**-8 relative per product,
+# summed over products whose magnitudes sum to <= 1, the result rounded (2**-9), float32
+# accumulation; 2**-6 covers that with room
+BF16_ERROR = 2.0 ** -6
 
 
 @dataclass(frozen=True)
@@ -106,29 +114,38 @@ def unit(x, dtype):
     return y / torch.linalg.vector_norm(y, dim=1, keepdim=True)
 
 
-def trimmed_centres(x, ranked, offsets, sizes, min_faces, dtype):
+def trimmed_centres(x, ranked, norms, offsets, sizes, min_faces, dtype):
     """(centres (C, d) in dtype, a (per rank position)) for identities in centrality order.
 
-    ``ranked``: rows of x, each identity nearest its plain mean first.
+    ``ranked``: rows of x, each identity nearest its plain mean first, and
+    ``norms`` their float64 norms (as ranking.rank returns them). Identities
+    are taken a block of whole identities at a time, so that every row is
+    gathered once and its own similarity follows at once.
     """
-    c, d = len(sizes), x.shape[1]
-    pos = arange_within(sizes)
-    seg = segment_ids(sizes, total=ranked.shape[0])
-    take = torch.where(sizes >= min_faces, (sizes + 1) // 2, sizes)
-    inner = pos < take[seg]
-    sums = torch.zeros((c, d), dtype=dtype, device=x.device)
+    c, d, n = len(sizes), x.shape[1], ranked.shape[0]
+    centres = torch.zeros((c, d), dtype=dtype, device=x.device)
+    a = torch.empty(n, dtype=dtype, device=x.device)
+    off = offsets.cpu()
     step = max(1, BLOCK_ELEMENTS // max(1, d))
-    for a in range(0, ranked.shape[0], step):
-        rows, s, keep = ranked[a:a + step], seg[a:a + step], inner[a:a + step]
-        sums.index_add_(0, s[keep], unit(x[rows[keep]], dtype))
-    norms = torch.linalg.vector_norm(sums, dim=1, keepdim=True)
-    ok = norms > take[:, None].to(dtype) * NO_CENTRE
-    centres = torch.where(ok, sums / torch.where(ok, norms, torch.ones_like(norms)),
-                          torch.zeros_like(sums))
-    a = torch.empty(ranked.shape[0], dtype=dtype, device=x.device)
-    for lo in range(0, ranked.shape[0], step):
-        y = unit(x[ranked[lo:lo + step]], dtype)
-        a[lo:lo + step] = (y * centres[seg[lo:lo + step]]).sum(dim=1)
+    c0 = 0
+    while c0 < c:
+        c1 = int(torch.searchsorted(off, off[c0] + step, right=True)) - 1
+        c1 = min(max(c1, c0 + 1), c)
+        lo, hi = int(off[c0]), int(off[c1])
+        y = x.index_select(0, ranked[lo:hi]).to(dtype)
+        y /= norms[lo:hi, None].to(dtype)
+        size = sizes[c0:c1]
+        seg = segment_ids(size, total=hi - lo)
+        take = torch.where(size >= min_faces, (size + 1) // 2, size)
+        inner = arange_within(size) < take.index_select(0, seg)
+        sums = torch.zeros((c1 - c0, d), dtype=dtype, device=x.device)
+        sums.index_add_(0, seg[inner], y[inner])
+        length = torch.linalg.vector_norm(sums, dim=1, keepdim=True)
+        ok = length > take[:, None].to(dtype) * NO_CENTRE
+        centres[c0:c1] = torch.where(ok, sums / torch.where(ok, length, torch.ones_like(length)),
+                                     torch.zeros_like(sums))
+        a[lo:hi] = torch.einsum("ij,ij->i", y, centres[c0:c1].index_select(0, seg))
+        c0 = c1
     return centres, a
 
 
@@ -155,19 +172,38 @@ def candidates(a, judged, mu, sigma, threshold):
     return judged & (((mu - a) + (1 - a)) / sigma > threshold)
 
 
-def nearest_other(y, own, centres):
+def nearest_other(y, own, centres, need=None):
     """(b, k): for unit rows y of identities `own` (indices into centres), the largest
-    cosine to another identity's centre and that identity; in blocks of rows."""
+    cosine to another identity's centre and that identity, in blocks of rows against
+    all centres; (None, None) when there is no other identity.
+
+    need: per row, the b above which the row would be flagged. Then float32 rows
+    are first screened in bfloat16 (several times the float32 rate on CPUs with
+    AMX and on GPUs): a bfloat16 cosine of unit vectors is within BF16_ERROR of
+    the float32 one, so a row whose screened maximum is below need - BF16_ERROR
+    cannot be flagged; it gets b = -inf, and only the others are computed in
+    float32. The flagged faces and their b, k are exactly the float32 ones.
+    """
     n, k_all = y.shape[0], centres.shape[0]
-    b = torch.empty(n, dtype=y.dtype, device=y.device)
-    k = torch.empty(n, dtype=torch.int64, device=y.device)
     if k_all < 2:  # no other identity: b_i = a_i (the caller's rule)
         return None, None
+    b = torch.full((n,), -math.inf, dtype=y.dtype, device=y.device)
+    k = torch.zeros(n, dtype=torch.int64, device=y.device)
     step = max(1, BLOCK_ELEMENTS // k_all)
-    for lo in range(0, n, step):
-        sims = torch.mm(y[lo:lo + step], centres.T)
-        sims.scatter_(1, own[lo:lo + step, None], -math.inf)
-        b[lo:lo + step], k[lo:lo + step] = sims.max(dim=1)
+    rows = torch.arange(n, device=y.device)
+    if need is not None and y.dtype == torch.float32:
+        low = centres.to(torch.bfloat16).T
+        keep = []
+        for lo in range(0, n, step):
+            sims = torch.mm(y[lo:lo + step].to(torch.bfloat16), low).float()
+            sims.scatter_(1, own[lo:lo + step, None], -math.inf)
+            keep.append(sims.max(dim=1).values > need[lo:lo + step] - BF16_ERROR)
+        rows = rows[torch.cat(keep)] if keep else rows[:0]
+    for lo in range(0, rows.shape[0], step):
+        r = rows[lo:lo + step]
+        sims = torch.mm(y.index_select(0, r), centres.T)
+        sims.scatter_(1, own.index_select(0, r)[:, None], -math.inf)
+        b[r], k[r] = sims.max(dim=1)
     return b, k
 
 
@@ -190,9 +226,11 @@ def label_issues(features, labels, *, threshold=None, min_faces=None, device=Non
         x = x.to(dev)
     n, dtype = x.shape[0], compute_dtype(x)
     uniq, order, offsets, sizes = group(labels, n, x.device)
+    norms = torch.zeros(0, dtype=torch.float64, device=x.device)
     if n:  # centrality order; raises ValueError naming the first zero or non-finite row
-        order = ranking.rank(x, order, offsets, sizes, "centrality", None, 0)
-    centres, a_pos = trimmed_centres(x, order, offsets, sizes, min_faces, dtype)
+        order, norms = ranking.rank(x, order, offsets, sizes, "centrality", None, 0,
+                                    with_norms=True)
+    centres, a_pos = trimmed_centres(x, order, norms, offsets, sizes, min_faces, dtype)
     ident = segment_ids(sizes, total=n)
     a = torch.empty(n, dtype=dtype, device=x.device)
     a[order] = a_pos
@@ -216,7 +254,8 @@ def label_issues(features, labels, *, threshold=None, min_faces=None, device=Non
 
 def flag_candidates(y, rows, a, own, centres, mu, sigma, threshold):
     """(flagged rows ascending, their s, b, a, other identity index) among candidates."""
-    b, k = nearest_other(y, own, centres)
+    need = threshold * sigma - (mu - a) + a if sigma > 0 else None
+    b, k = nearest_other(y, own, centres, need)
     if b is None:
         b, k = a, own
     s = issue_scores(a, b, mu, sigma)

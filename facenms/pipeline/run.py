@@ -239,15 +239,20 @@ def _select(cfg, paths, progress):
     from .export import save_indices
     sel = dict(cfg.get("select", {"ratio": 0.6}))
     stamp = _stamp(sel, {"features": paths["features"], "labels": paths["labels"]})
-    if _up_to_date(paths["select_info"], stamp, [paths["keep"]]):
+    outputs = [paths["keep"]] + ([paths["label_issues"]] if sel.get("clean") else [])
+    if _up_to_date(paths["select_info"], stamp, outputs):
         _log("select", "already done: %s" % paths["keep"])
         return
     feats = np.load(paths["features"], mmap_mode="r")
     labels = np.load(paths["labels"])
     keep, info = select(feats, labels, return_info=True, progress=progress, **sel)
+    if sel.get("clean"):  # the faces select(clean=True) dropped, for the user to look at
+        from ..scale.dispatch import label_issues
+        from .cleaning import write_label_issues
+        issues, found = label_issues(feats, labels, return_info=True)
+        write_label_issues(paths["label_issues"], issues, labels, found)
     save_indices(paths["keep"], keep)
-    stamp = _stamp(sel, {"features": paths["features"], "labels": paths["labels"]},
-                   [paths["keep"]])
+    stamp = _stamp(sel, {"features": paths["features"], "labels": paths["labels"]}, outputs)
     write_json(paths["select_info"], dict(stamp, **info.to_dict()))
     _log("select", info.summary())
 

@@ -111,6 +111,7 @@ def work_paths(work):
     feats = j("features.npy")
     return dict(proxy=j("proxy", "proxy.pt"), proxy_dir=j("proxy"), features=feats,
                 labels=j("labels.npy"), keep=j("keep.npy"), select_info=j("select.json"),
+                label_issues=j("label_issues.csv"),
                 export_info=j("export.json"), extract_info=j("extract.json"),
                 proxy_info=j("proxy.json"), report=j("report"),
                 **{"features" + s: feats + s for s in (".json", ".partial", ".progress",

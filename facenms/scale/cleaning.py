@@ -68,13 +68,14 @@ def first_pass(src, dev, dtype, order, offsets, sizes, span, rows, min_faces):
         x = x_h.to(dev)
         off = (offsets[c0:c1 + 1] - lo).to(dev)
         try:
-            ranked = ranking.rank(x, local.to(dev), off, sizes[c0:c1].to(dev), "centrality",
-                                  None, 0)
+            ranked, norms = ranking.rank(x, local.to(dev), off, sizes[c0:c1].to(dev),
+                                         "centrality", None, 0, with_norms=True)
         except ValueError:
             found = first_bad_in_block(x_h, local, caller)
             bad = found if bad is None else min(bad, found)
             continue
-        cent, a_pos = trimmed_centres(x, ranked, off, sizes[c0:c1].to(dev), min_faces, dtype)
+        cent, a_pos = trimmed_centres(x, ranked, norms, off, sizes[c0:c1].to(dev), min_faces,
+                                      dtype)
         if centres is None:
             centres = torch.zeros((len(sizes), x.shape[1]), dtype=dtype, device=dev)
         centres[c0:c1] = cent
