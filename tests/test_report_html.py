@@ -217,6 +217,9 @@ def test_bad_input_writes_nothing(tmp_path, faces):
     assert not out.exists()
     with pytest.raises(ValueError, match="inside the input"):
         write_report(os.path.join(root, "report"), x, labels, keep, dataset=ds)
+    np.save(tmp_path / "keep.npy", keep)
+    with pytest.raises(ValueError, match="must be a folder"):
+        write_report(tmp_path / "keep.npy", x, labels, keep)
     issues = tmp_path / "index.html"
     issues.write_text("index\n1\n")
     with pytest.raises(ValueError, match="the output is the input"):

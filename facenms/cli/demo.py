@@ -1,5 +1,6 @@
 """`facenms demo`: the whole pipeline on generated images, then a WebFace-like selection."""
 import os
+import shutil
 import tempfile
 import time
 
@@ -14,6 +15,7 @@ DEMO_CONFIG = {  # small enough for a laptop CPU in about a minute
     "extract": dict(batch_size=64, workers=0),
     "select": dict(ratio=0.6, clean=True),  # label issues out first (label_issues.csv)
     "export": dict(format="recordio"),
+    "report": dict(sample_pairs=20_000),
 }
 
 
@@ -57,6 +59,7 @@ def pipeline_part(work):
         "identical to the source" if ok else "DIFFER FROM THE SOURCE"), flush=True)
     if not ok:
         raise SystemExit("facenms demo: the exported core set does not match its source")
+    return os.path.join(paths["report"], "index.html")
 
 
 def embeddings_part(args):
@@ -89,12 +92,16 @@ def embeddings_part(args):
 def run(args):
     if not args.no_pipeline:
         if args.work_dir:
-            pipeline_part(args.work_dir)
+            page = pipeline_part(args.work_dir)
         else:
             with tempfile.TemporaryDirectory(prefix="facenms-demo-") as work:
-                pipeline_part(work)
-            print("  (part 1's files were in a temporary folder, now removed: "
+                page = pipeline_part(work)
+                kept = tempfile.mkdtemp(prefix="facenms-demo-report-")  # the report outlives it
+                shutil.move(os.path.dirname(page), kept)
+                page = os.path.join(kept, "report", "index.html")
+            print("  (part 1's other files were in a temporary folder, now removed: "
                   "pass --work-dir DIR to keep them)", flush=True)
+        print("  the report, kept and suppressed faces side by side: %s" % page, flush=True)
     keep = embeddings_part(args)
     if args.out:
         from ..pipeline.export import save_indices

@@ -254,6 +254,9 @@ def _check_page_inputs(out_dir, features, labels, dataset, dataset_index, label_
                 dataset_index.min() < 0 or dataset_index.max() >= len(dataset)):
             raise ValueError("dataset_index points outside the dataset's %d faces"
                              % len(dataset))
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError("%s: the report's output must be a folder, and this is a file"
+                         % os.fspath(out_dir))
     outputs = [os.path.join(out_dir, f) for f in OUTPUT_NAMES]
     inputs = [getattr(features, "filename", None)] + (
         [os.fspath(label_issues)] if isinstance(label_issues, (str, os.PathLike)) else [])

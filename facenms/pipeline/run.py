@@ -296,5 +296,8 @@ def _report(cfg, paths):
     info = read_json(paths["select_info"], {})
     write_report(paths["report"], np.load(paths["features"], mmap_mode="r"),
                  np.load(paths["labels"]), np.load(paths["keep"]),
-                 threshold=info.get("threshold"), **cfg["report"])
+                 threshold=info.get("threshold"), **{  # the faces, ranked as selected
+                     "dataset": cfg["data"]["dataset"], "info": info, "label_issues":
+                     paths.get("label_issues"), **{k: v for k, v in cfg.get("select", {}).items()
+                                                   if k in ("rank", "seed")}, **cfg["report"]})
     _log("report", paths["report"])
