@@ -7,7 +7,7 @@ kernel pass sees the same layout.
 import numpy as np
 import torch
 
-from .inputs import as_tensor, check_tensor
+from .inputs import as_tensor, check_tensor, native
 
 
 def stable_argsort(t):
@@ -50,7 +50,8 @@ def group(labels, n, device):
             raise TypeError("labels must be integers, got %s" % lab.dtype)
         shape = tuple(lab.shape)
     else:
-        lab = np.asarray(labels)
+        lab = native(labels, "labels") if isinstance(labels, np.ndarray) else \
+            np.asarray(labels)
         if lab.dtype.kind not in "iu":
             raise TypeError("labels must be integers, got %s" % lab.dtype)
         shape = lab.shape
