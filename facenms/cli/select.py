@@ -3,6 +3,7 @@
 On a file written by sort-features the indices are mapped back through its
 permutation: `select` always writes positions in the dataset.
 """
+import json
 import os
 
 import numpy as np
@@ -40,8 +41,7 @@ def select(features, labels, args, scores=None):
 
 
 def run(args):
-    from ..pipeline.export import save_indices
-    from ..pipeline.runtime import write_json
+    from ..io import AtomicFiles
     from ..scale.dist import is_main
     check_not_inputs([o for o in (args.out, args.info) if o],
                      [args.features, args.labels, args.scores])
@@ -49,17 +49,21 @@ def run(args):
     labels = load_array(args.labels, "labels", mmap=False)
     scores = load_array(args.scores, "scores", mmap=False) if args.scores else None
     perm, labels, scores = in_dataset_order(args.features, labels, scores)
-    keep, info = select(feats, labels, args, scores)
-    if perm is not None:  # a sorted file: positions in the dataset, as export expects
-        keep = np.sort(perm[np.asarray(keep)])
-    if not is_main():  # every rank has the result; rank 0 writes it
-        return
-    save_indices(args.out, keep)  # numpy or torch
+    # both outputs are one group, their temporaries made before the selection runs: an
+    # output that cannot be written fails now, and a failure leaves neither replaced
+    with AtomicFiles() as files:
+        writer = int(os.environ.get("RANK", "0")) == 0  # rank 0 writes (torchrun sets RANK)
+        out = files.open(args.out) if writer else None
+        info_f = files.open(args.info, "w") if writer and args.info else None
+        keep, info = select(feats, labels, args, scores)
+        if perm is not None:  # a sorted file: positions in the dataset, as export expects
+            keep = np.sort(perm[np.asarray(keep)])
+        if not (writer and is_main()):  # every rank has the result; rank 0 writes it
+            files.abort()
+            return
+        np.save(out, np.asarray(keep, dtype=np.int64))
+        if info_f is not None:
+            json.dump(info.to_dict(), info_f, indent=2)
     print("facenms select: " + info.summary())
     print("wrote %d indices to %s%s" % (len(keep), args.out, "" if perm is None else
                                         " (dataset order: mapped through the sort's perm)"))
-    if args.info:
-        doc = {k: getattr(info, k) for k in ("threshold", "ratio", "target_ratio", "kept",
-                                              "n_faces", "passes", "timings", "label_issues")}
-        doc["n_identities"] = info.n_identities
-        write_json(args.info, doc)

@@ -21,17 +21,34 @@ def as_tensor(a, name):
     if isinstance(a, torch.Tensor):
         return a
     if isinstance(a, np.ndarray):
+        a = native(a, name)
         if any(s < 0 for s in a.strides):
             a = np.ascontiguousarray(a)
         with warnings.catch_warnings():  # read-only memmaps are only read
             warnings.simplefilter("ignore", UserWarning)
-            return torch.from_numpy(a)
+            try:
+                return torch.from_numpy(a)
+            except TypeError:  # torch has no such dtype (objects, strings, float128, ...)
+                raise TypeError("%s must be numbers torch can hold, got numpy dtype %s"
+                                % (name, a.dtype)) from None
     if hasattr(a, "__dlpack__"):
         return torch.from_dlpack(a)
     if isinstance(a, (list, tuple)):
         return torch.from_numpy(np.asarray(a))
     raise TypeError("%s must be a numpy array, a torch tensor or a DLPack array, got %s"
                     % (name, type(a).__name__))
+
+
+def native(a, name):
+    """A numpy array as facenms reads it: masked arrays are refused (a mask is not
+    honoured silently), big-endian data is converted to the machine's byte order (a copy)."""
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError("%s is a numpy masked array; facenms does not apply masks: pass "
+                        "the rows to use (e.g. x[~np.ma.getmaskarray(x).any(1)] with its "
+                        "labels) or np.ma.getdata(x) to ignore the mask" % name)
+    if not a.dtype.isnative and a.dtype.byteorder != "|" and a.dtype.names is None:
+        a = a.astype(a.dtype.newbyteorder("="))
+    return a
 
 
 def check_tensor(x, name):
@@ -115,8 +132,9 @@ def check_count(v, name, minimum=0):
 
 
 def check_labels(labels, n, name="labels"):
-    """numpy labels: integers, 1-D, one per face (n); returned as an array."""
-    labels = np.asarray(labels)
+    """numpy labels: integers, 1-D, one per face (n); returned as an array (native byte
+    order; masked arrays refused)."""
+    labels = native(labels, name) if isinstance(labels, np.ndarray) else np.asarray(labels)
     if labels.dtype.kind not in "iu":
         raise TypeError("%s must be integers, got %s" % (name, labels.dtype))
     if labels.shape != (n,):

@@ -25,10 +25,16 @@ import shutil
 
 from .journal import move_in, remove, write_journal
 from .owners import JOURNAL_RE, TEMP_RE, temp_name
-from .preflight import missing_folders, user_error
+from .preflight import existing_ancestor, missing_folders, one_line_oserror, user_error
 from .stale import sweep_stale
 from .syscalls import exchange, fsync_dir, sync_filesystem
 from .transaction import Transaction
+
+
+def _named(e, final):
+    """An OSError met creating the temporary of `final`, restated with `final`."""
+    return user_error(e, final) or one_line_oserror(
+        e.errno, "%s: cannot write it (%s)" % (final, e.strerror or e))
 
 
 class AtomicFiles(Transaction):
@@ -52,9 +58,18 @@ class AtomicFiles(Transaction):
     def path(self, final):
         """A temporary path to write `final` through (for writers that want a name)."""
         final = os.fspath(final)
+        if os.path.isdir(final):
+            raise IsADirectoryError("%s: a folder is in the way; give a file name" % final)
         parent = os.path.dirname(os.path.abspath(final))
+        above = existing_ancestor(parent)
+        if not os.path.isdir(above):
+            raise NotADirectoryError("%s: cannot write it (%s is a file, not a folder)"
+                                     % (final, above))
         self._made += missing_folders(final)
-        os.makedirs(parent, exist_ok=True)
+        try:
+            os.makedirs(parent, exist_ok=True)
+        except OSError as e:
+            raise _named(e, final) from None
         if parent not in self._swept:
             self._swept.add(parent)
             sweep_stale(parent)
@@ -64,7 +79,11 @@ class AtomicFiles(Transaction):
 
     def open(self, final, mode="wb", buffering=-1):
         tmp = self.path(final)
-        f = open(tmp, mode, buffering=buffering)
+        try:
+            f = open(tmp, mode, buffering=buffering)
+        except OSError as e:  # named by the user's path, not the hidden temporary
+            self._pending.pop()
+            raise _named(e, final) from None
         self._pending[-1][2] = f
         return f
 

@@ -41,6 +41,8 @@ DEFAULT_MAX_MEMORY = 1 << 30  # bytes of feature blocks in RAM when nothing is s
 
 def should_stream(features, block_size=None, max_memory=None, distributed=None):
     """Whether select() should stream (see the module doc)."""
+    if distributed not in (None, True, False):
+        raise ValueError("distributed must be None, True or False, got %r" % (distributed,))
     if distributed or (distributed is None and active()):
         return True
     if is_path(features) or is_mapped(features):

@@ -62,14 +62,15 @@ def init(backend=None):
     """
     dist = _dist()
     if not dist.is_available():
-        raise RuntimeError("facenms: this torch build has no torch.distributed")
+        raise ValueError("distributed selection needs torch.distributed, which this torch "
+                         "build lacks")
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
                if k not in os.environ]
     if missing:
-        raise RuntimeError("facenms: distributed selection needs torch.distributed initialised "
-                           "or torchrun's environment (missing %s)" % ", ".join(missing))
+        raise ValueError("distributed=True needs a torch.distributed process group, or "
+                         "torchrun's environment to make one (missing %s)" % ", ".join(missing))
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":

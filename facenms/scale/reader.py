@@ -142,6 +142,8 @@ class Reader:
         """The rows `pos` in RAM: (features, local indices of pos, local -> caller row)."""
         rows = np.sort(pos)
         data = self.read(rows)
+        if not data.dtype.isnative:  # a big-endian file: converted a block at a time
+            data = data.astype(data.dtype.newbyteorder("="))
         return torch.from_numpy(data), torch.from_numpy(np.searchsorted(rows, pos)), rows
 
     def release(self):
