@@ -69,7 +69,11 @@ def test_write_lst(tmp_path, folder, rec):
     assert lines == ["%d\t%d\t%s" % (j, np.searchsorted(old, folder.labels[i]), folder.name(i))
                      for j, i in enumerate(order)]
     assert np.load(tmp_path / "a.label_map.npy").tolist() == [[o, n] for n, o in enumerate(old)]
-    export.write_lst(tmp_path / "b.lst", rec, np.array([2]))
+    # a RecordIO dataset has no image paths: its list is refused unless asked for
+    with pytest.raises(ValueError, match="rec:<key>, paths no tool"):
+        export.write_lst(tmp_path / "b.lst", rec, np.array([2]))
+    assert not os.path.exists(tmp_path / "b.lst")
+    export.write_lst(tmp_path / "b.lst", rec, np.array([2]), rec_names=True)
     assert (tmp_path / "b.lst").read_text() == "0\t0\trec:3\n"
 
 
@@ -107,7 +111,8 @@ def test_write_recordio_im2rec_layout_and_rec_path(tmp_path, folder):
     keep = np.arange(0, len(folder), 3)
     paths = export.write_recordio(tmp_path / "out" / "core.rec", folder, keep, layout="im2rec")
     assert sorted(os.listdir(tmp_path / "out")) == ["core.idx", "core.label_map.npy",
-                                                     "core.labels.npz", "core.rec", "property"]
+                                                     "core.labels.npz", "core.property",
+                                                     "core.rec"]
     back = open_dataset(paths["rec"])
     assert back.layout == "im2rec" and len(back) == len(keep)
     assert [back.read_bytes(i) for i in range(len(back))] == \

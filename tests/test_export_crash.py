@@ -330,7 +330,8 @@ def test_disk_full_during_the_write(tmp_path, small_disk, big, fmt):
     writer = dict(folder=export.write_imagefolder, lst=export.write_lst).get(
         fmt, export.write_recordio)
     with pytest.raises(OSError) as e:
-        writer(out, ds, keep, progress=fill_the_disk)
+        writer(out, ds, keep, progress=fill_the_disk,
+               **({"rec_names": True} if fmt == "lst" else {}))
     msg = str(e.value)
     assert e.value.errno == errno.ENOSPC and msg.startswith(out + ": no space left"), msg
     assert ".tmp-" not in msg

@@ -8,14 +8,16 @@ import argparse
 import os
 import sys
 
-from . import (demo, export, extract, index, info, label_issues, report, run, select, sort,
-               train)
-from .common import CommandError
-
-COMMANDS = (select, label_issues, sort, report, demo, export, index, train, extract, run, info)
 # what a user's input or environment can raise; anything else is a bug and keeps its traceback
-USER_ERRORS = (CommandError, ValueError, TypeError, OSError, ImportError, EOFError, MemoryError,
+USER_ERRORS = (ValueError, TypeError, OSError, ImportError, EOFError, MemoryError,
                OverflowError, RuntimeError)
+
+
+def commands():
+    """The command modules, imported on first use (inside main's Ctrl-C handling)."""
+    from . import (demo, export, extract, index, info, label_issues, report, run, select, sort,
+                   train)
+    return (select, label_issues, sort, report, demo, export, index, train, extract, run, info)
 
 
 class Parser(argparse.ArgumentParser):
@@ -29,7 +31,7 @@ def build_parser():
     p = Parser(prog="facenms", description=(
         "Face-NMS core-set selection for face-recognition training sets."))
     sub = p.add_subparsers(dest="cmd", required=True)
-    for command in COMMANDS:
+    for command in commands():
         command.add(sub)
     p.commands = sub.choices
     return p
@@ -45,19 +47,33 @@ def one_line(e):
     return msg
 
 
+def interrupted(cmd=None):
+    """Ctrl-C: one line and exit code 130 (128 + SIGINT), as a shell reports it."""
+    sys.stderr.write("facenms%s: interrupted\n" % (" " + cmd if cmd else ""))
+    sys.exit(130)
+
+
 def main(argv=None):
+    try:
+        _main(argv)
+    except KeyboardInterrupt:  # while torch and the commands are imported, too
+        interrupted()
+
+
+def _main(argv):
+    from .common import CommandError
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # reported by the command, like its other usage errors
         parser.commands[args.cmd].error("unrecognized arguments: %s" % " ".join(extra))
     try:
         args.func(args)
-    except USER_ERRORS as e:
+    except (CommandError,) + USER_ERRORS as e:
         if os.environ.get("FACENMS_DEBUG", "0") not in ("", "0"):
             raise
         raise SystemExit("facenms %s: error: %s" % (args.cmd, one_line(e))) from None
     except KeyboardInterrupt:
-        sys.exit(130)
+        interrupted(args.cmd)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,6 @@ def add(sub):
 
 
 def run(args):
-    from ..data.recordio import build_index
+    from ..data.recindex import build_index
     idx, n = build_index(args.rec, args.idx, overwrite=args.force)
     print("facenms index: %d records -> %s (keys 0..%d in file order)" % (n, idx, n - 1))

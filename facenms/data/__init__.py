@@ -11,7 +11,8 @@ from ..io import recover
 from .base import FaceDataset, decode_image
 from .imagefolder import ImageFolderDataset, natural_key
 from .recdataset import RecordDataset, read_property, write_face_recordio
-from .recordio import IRHeader, RecordIO, RecordIOWriter, build_index, pack, unpack
+from .recindex import build_index
+from .recordio import IRHeader, RecordIO, RecordIOWriter, pack, unpack
 
 __all__ = ["open_dataset", "FaceDataset", "ImageFolderDataset", "RecordDataset",
            "RecordIO", "RecordIOWriter", "IRHeader", "pack", "unpack", "read_property",

@@ -6,7 +6,9 @@ insightface layout (MS1M, Glint360K, WebFace as insightface ships them):
     keys 1..A-1    images, each packed with its identity label (scalar, or label[0])
     keys A..B-1    one record per identity c = key - A: label [start, end), the
                    image keys of that identity (empty payload)
-    property       text file beside train.rec: "num_classes,h,w"
+    property       text file beside train.rec: "num_classes,h,w" (facenms writes
+                   PREFIX.property beside any other PREFIX.rec, so that two
+                   datasets in one folder never share one)
 
 im2rec layout: no header; every record is an image whose label is a scalar or
 an array (label[0] is the identity), in .idx order.
@@ -20,23 +22,28 @@ come from the image headers, one small read per image.
 """
 import os
 import warnings
+import zipfile
+import zlib
 
 import numpy as np
 
 from ..io import AtomicFiles, recover
 from .base import FaceDataset, image_format
-from .recordio import IRHeader, RecordIO, RecordIOWriter, default_idx_path, pack, unpack
+from .recordio import (IRHeader, RecordIO, RecordIOWriter, default_idx_path, pack,
+                       property_path, unpack)
 
 F32_EXACT = 1 << 24  # float32 holds every integer up to here, and not all beyond
 
 
 def read_property(directory):
-    """(num_classes, h, w) from the first line of `directory/property`.
+    """(num_classes, h, w) from the first line of `directory/property` (or of the
+    property file itself, when given one).
 
     insightface writes `num_classes,h,w`; its pip RecBuilder adds a second line
     with the image count and rec2shufrec.py writes four: only the first counts.
     """
-    path = os.path.join(os.fspath(directory), "property")
+    directory = os.fspath(directory)
+    path = directory if os.path.isfile(directory) else os.path.join(directory, "property")
     try:
         with open(path) as f:
             text = f.read()
@@ -51,6 +58,17 @@ def read_property(directory):
         raise ValueError("%s: expected `num_classes,h,w` on the first line, got %r"
                          % (path, first[:80])) from None
     return c, h, w
+
+
+def find_property(rec_path):
+    """The property file of a .rec: its own (recordio.property_path: `property` beside
+    train.rec, PREFIX.property beside PREFIX.rec), else the folder's `property` (what
+    other tools write for any name), else None."""
+    own = property_path(rec_path)
+    if os.path.exists(own):
+        return own
+    shared = os.path.join(os.path.dirname(own), "property")
+    return shared if os.path.exists(shared) else None
 
 
 def labels_sidecar_path(rec_path):
@@ -90,8 +108,11 @@ class RecordDataset(FaceDataset):
                              % (self.rec_path, self.rec.idx_path))
         self.labels_source = None
         prop = None
-        if require_property or os.path.exists(os.path.join(directory, "property")):
-            prop = read_property(directory)
+        self.property_path = find_property(self.rec_path)
+        if self.property_path is not None:
+            prop = read_property(self.property_path)
+        elif require_property:
+            read_property(directory)  # the error that names the missing file
         self.layout, self._keys, labels = self._scan()
         self.labels = labels
         top = int(labels.max()) + 1 if len(labels) else 0
@@ -106,29 +127,55 @@ class RecordDataset(FaceDataset):
 
     # -- layout detection and labels -------------------------------------------------
 
-    def _sidecar(self, layout, n):
+    def _sidecar(self, layout, keys):
         """Labels from a matching sidecar, or None (a stale one is reported and ignored)."""
+        n = len(keys)
         path = labels_sidecar_path(self.rec_path)
         if not os.path.isfile(path):
             return None
         try:
-            with np.load(path) as z:
-                meta = {k: z[k] for k in ("layout", "idx_crc", "idx_bytes", "rec_bytes")}
-                tie = (str(meta["layout"]), int(meta["idx_crc"]), int(meta["idx_bytes"]),
-                       int(meta["rec_bytes"]))
-                if tie != (layout, self.rec.idx_crc, self.rec.idx_bytes, self.rec.size):
-                    warnings.warn("%s does not match %s (written for another .idx/.rec); "
-                                  "reading the labels from the records" % (path, self.rec.idx_path))
-                    return None
-                labels = z["labels"].astype(np.int64)
-        except (OSError, ValueError, KeyError) as e:
-            warnings.warn("%s unreadable (%s); reading the labels from the records" % (path, e))
-            return None
-        if len(labels) != n or (n and labels.min() < 0):
-            warnings.warn("%s holds %d labels for %d images; ignored" % (path, len(labels), n))
+            labels, why = self._sidecar_labels(path, layout)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            labels, why = None, "unreadable (%s)" % " ".join(str(e).split())
+        if labels is not None and len(labels) != n:
+            labels, why = None, "holds %d labels for %d images" % (len(labels), n)
+        if labels is not None:
+            why = self._spot_check(labels, keys)
+        if why is not None:
+            warnings.warn("%s %s; reading the labels from the records" % (path, why))
             return None
         self.labels_source = path
         return labels
+
+    def _sidecar_labels(self, path, layout):
+        """(labels, None), or (None, why the sidecar is not this .rec's)."""
+        with np.load(path) as z:
+            if "rec_crc" not in z.files or "labels_crc" not in z.files:
+                return None, "predates the content check (no rec_crc)"
+            meta = tuple(int(z[k]) if k != "layout" else str(z[k]) for k in (
+                "layout", "idx_crc", "idx_bytes", "rec_bytes", "rec_crc"))
+            if meta != (layout, self.rec.idx_crc, self.rec.idx_bytes, self.rec.size,
+                        self.rec.sample_crc()):
+                return None, "does not match %s (written for another .idx/.rec)" % self.rec_path
+            labels = np.asarray(z["labels"])
+            if labels.ndim != 1 or labels.dtype.kind not in "iu":
+                return None, "holds no 1-D integer labels"
+            labels = labels.astype(np.int64)
+            if zlib.crc32(labels.astype("<i8").tobytes()) != int(z["labels_crc"]):
+                return None, "holds labels rewritten since it was written (CRC differs)"
+        if len(labels) and labels.min() < 0:
+            return None, "holds negative labels"
+        return labels, None
+
+    def _spot_check(self, labels, keys, count=64):
+        """Why the labels disagree with a few records' own headers, or None."""
+        if not len(labels):
+            return None
+        for i in np.unique(np.linspace(0, len(labels) - 1, min(count, len(labels))).astype(int)):
+            key = int(keys[i])
+            if _label0(self.rec.read_header(key)) != labels[i]:
+                return "disagrees with record key %d's header label" % key
+        return None
 
     def _scan(self):
         if len(self.rec) == 0 or not self.rec.contains(np.array([0]))[0]:
@@ -151,7 +198,7 @@ class RecordDataset(FaceDataset):
                              "in %s" % (self.rec_path, a - 1, keys[missing[0]], self.rec.idx_path))
         # label[1] is the end of the identity records in insightface's own files; some
         # converters store the class count there and write no identity records at all
-        labels = self._sidecar("insightface", a - 1)
+        labels = self._sidecar("insightface", keys)
         if labels is not None:
             return "insightface", keys, labels
         b = int(header.label[1]) if header.flag >= 2 and np.isfinite(header.label[1]) else 0
@@ -196,7 +243,7 @@ class RecordDataset(FaceDataset):
 
     def _scan_im2rec(self):
         keys = self.rec.keys.copy()
-        labels = self._sidecar("im2rec", len(keys))
+        labels = self._sidecar("im2rec", keys)
         return "im2rec", keys, labels if labels is not None else self._labels_from_headers(keys)
 
     # -- FaceDataset -----------------------------------------------------------------
@@ -219,9 +266,9 @@ class RecordDataset(FaceDataset):
         return payload
 
     def files(self):
-        out = [self.rec_path, self.rec.idx_path, labels_sidecar_path(self.rec_path)]
-        prop = os.path.join(os.path.dirname(os.path.abspath(self.rec_path)), "property")
-        return [p for p in out + [prop] if os.path.exists(p)]
+        out = [self.rec_path, self.rec.idx_path, labels_sidecar_path(self.rec_path),
+               self.property_path]
+        return [p for p in out if p is not None and os.path.exists(p)]
 
     def approx_bytes(self, indices):
         """Bytes the records of `indices` take in the .rec (from the .idx offsets)."""
@@ -288,10 +335,11 @@ def write_face_recordio(rec_path, labels, payloads, num_classes=None, image_size
         if labels_sidecar:
             np.savez(files.open(labels_sidecar_path(rec_path)), labels=labels,
                      layout=np.array(layout), idx_crc=np.int64(w.idx_crc),
-                     idx_bytes=np.int64(w.idx_bytes), rec_bytes=np.int64(w.rec_bytes))
+                     idx_bytes=np.int64(w.idx_bytes), rec_bytes=np.int64(w.rec_bytes),
+                     rec_crc=np.int64(w.rec_sample_crc()),
+                     labels_crc=np.int64(zlib.crc32(labels.astype("<i8").tobytes())))
         h, wd = image_size if image_size is not None else (0, 0)
-        prop = os.path.join(os.path.dirname(os.path.abspath(os.fspath(rec_path))), "property")
-        with files.open(prop, "w") as f:
+        with files.open(property_path(rec_path), "w") as f:
             f.write("%d,%d,%d" % (c, h, wd))
     except BaseException:
         files.abort()

@@ -34,9 +34,11 @@ from ..io import AtomicFiles, Transaction
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
 _FRAME = struct.Struct("<II")
+FRAME = _FRAME  # magic, lrec: the head of every frame
 _WORD = np.dtype("<u4")
 _HEAD_WORDS = struct.Struct("<6I")  # an IRHeader as the six words dmlc's split rule sees
 _LEN_MASK = (1 << 29) - 1
+LEN_MASK = _LEN_MASK
 MAX_RECORD_LEN = 1 << 29
 
 IRHeader = namedtuple("IRHeader", ["flag", "label", "id", "id2"])
@@ -75,6 +77,11 @@ def unpack(record):
         label = np.frombuffer(record, dtype="<f4", count=flag, offset=IR_SIZE).astype(np.float32)
         return IRHeader(flag, label, id_, id2), bytes(record[end:])
     return IRHeader(flag, label, id_, id2), bytes(record[IR_SIZE:])
+
+
+def pad_length(n):
+    """A frame's data length padded to a multiple of 4 bytes."""
+    return _pad(n)
 
 
 def _pad(n):
@@ -120,6 +127,18 @@ def default_idx_path(rec_path):
     return base + ".idx"
 
 
+def property_path(rec_path):
+    """Where the `num_classes,h,w` file of a .rec lives: `property` beside train.rec
+    (insightface's name, what MXFaceDataset reads), PREFIX.property beside any other
+    PREFIX.rec, so two datasets in one folder never share one."""
+    rec_path = os.fspath(rec_path)
+    folder = os.path.dirname(os.path.abspath(rec_path))
+    if os.path.basename(rec_path) == "train.rec":
+        return os.path.join(folder, "property")
+    base = os.path.basename(rec_path[:-4] if rec_path.endswith(".rec") else rec_path)
+    return os.path.join(folder, base + ".property")
+
+
 def _read_idx(idx_path):
     """(keys, offsets, crc32 of the file, its size), keys and offsets int64 in file order."""
     try:
@@ -143,6 +162,26 @@ def _read_idx(idx_path):
                          "integers per record" % idx_path)
     pairs = vals.reshape(-1, 2)
     return pairs[:, 0].copy(), pairs[:, 1].copy(), zlib.crc32(raw), len(raw)
+
+
+def sample_crc(fd, size, edge=1 << 16, block=1 << 12, blocks=64):
+    """CRC-32 of a sample of a .rec's bytes (open file descriptor fd, `size` bytes): its
+    first and last 64 KiB and 64 blocks of 4 KiB spread evenly between. What ties a
+    labels sidecar to the records cheaply: records in another order, other images of
+    the same sizes or a rewritten stretch change it."""
+    if size <= 2 * edge + blocks * block:
+        spots = [(0, size)]
+    else:
+        step = (size - 2 * edge - block) // (blocks - 1)
+        spots = [(0, edge), (size - edge, edge)] + [(edge + k * step, block)
+                                                   for k in range(blocks)]
+    crc = zlib.crc32(b"%d:" % size)
+    for pos, n in spots:
+        data = os.pread(fd, n, pos)
+        if len(data) != n:
+            raise ValueError("file shorter than %d bytes" % size)
+        crc = zlib.crc32(data, crc)
+    return crc
 
 
 class RecordIO:
@@ -185,6 +224,7 @@ class RecordIO:
         self._fh = None
         self._pid = None
         self._guess = 1 << 14  # bytes the first read of a record asks for
+        self._starts = None  # sorted record offsets: where each record must end
 
     def __len__(self):
         return len(self.keys)
@@ -209,6 +249,10 @@ class RecordIO:
         if self._fh is not None and self._pid == os.getpid():
             self._fh.close()
         self._fh = None
+
+    def sample_crc(self):
+        """sample_crc of this .rec file."""
+        return sample_crc(self._fd(), self.size)
 
     def offset(self, key):
         """Byte position of the record `key` in the .rec file."""
@@ -254,9 +298,27 @@ class RecordIO:
                              "only %d left" % (self.rec_path, key, pos, _pad(length), len(data)))
         return cflag, data[:length], pos + _FRAME.size + _pad(length)
 
+    def _end(self, pos):
+        """Where the record at byte `pos` must end: the next record's offset, or the end."""
+        if self._starts is None:
+            so = self._soffsets
+            self._starts = so if np.all(so[1:] > so[:-1]) else np.unique(so)
+        j = int(np.searchsorted(self._starts, pos, side="right"))
+        return int(self._starts[j]) if j < len(self._starts) else self.size
+
+    def _overrun(self, key, pos, end, stop):
+        if stop > end:
+            raise ValueError("%s: record key %d at byte %d runs %d bytes into the next record "
+                             "(at byte %d): a damaged length field or .idx"
+                             % (self.rec_path, key, pos, stop - end, end))
+
     def read(self, key):
-        """The record stored under `key` (split frames joined), as bytes."""
+        """The record stored under `key` (split frames joined), as bytes.
+
+        A record whose frames run past the next record's offset is refused (a
+        damaged length field would otherwise hand out the next record's bytes)."""
         pos = self.offset(key)
+        end = self._end(pos)
         # one pread for the frame header and a whole record of about the last one's size
         buf = self._pread(_FRAME.size + self._guess, pos)
         if len(buf) >= _FRAME.size:
@@ -264,9 +326,11 @@ class RecordIO:
             length = lrec & _LEN_MASK
             self._guess = max(4096, _pad(length + (length >> 2)))
             if magic == MAGIC and lrec >> 29 == 0 and _FRAME.size + length <= len(buf):
+                self._overrun(key, pos, end, pos + _FRAME.size + _pad(length))
                 return buf[_FRAME.size:_FRAME.size + length]
         cflag, data, nxt = self._frame(key, pos)
         if cflag == 0:
+            self._overrun(key, pos, end, nxt)
             return data
         if cflag != 1:
             raise ValueError("%s: record key %d at byte %d starts with a continuation frame "
@@ -279,6 +343,7 @@ class RecordIO:
                 raise ValueError("%s: record key %d: split record broken at byte %d "
                                  "(cflag %d inside a split record)" % (self.rec_path, key, p, cflag))
             parts.append(data)
+        self._overrun(key, pos, end, nxt)
         return _MAGIC_BYTES.join(parts)
 
     def read_header(self, key):
@@ -306,75 +371,6 @@ class RecordIO:
     def __exit__(self, *exc):
         self.close()
         return False
-
-
-def scan_records(rec_path):
-    """Yield the byte offset of every record of a .rec file, in file order, by its frames.
-
-    Split records (cflag 1, 2.., 3) count once, at their first frame. Raises
-    ValueError naming the file and byte position where the frames stop making sense.
-    """
-    rec_path = os.fspath(rec_path)
-    size = os.path.getsize(rec_path)
-    with open(rec_path, "rb", buffering=1 << 20) as f:
-        pos, start, inside = 0, None, False
-        while pos < size:
-            head = f.read(_FRAME.size)
-            if len(head) < _FRAME.size:
-                raise ValueError("%s: truncated frame header at byte %d (file is %d bytes)"
-                                 % (rec_path, pos, size))
-            magic, lrec = _FRAME.unpack(head)
-            if magic != MAGIC:
-                raise ValueError("%s: bad magic 0x%08x at byte %d, expected 0x%08x: not a "
-                                 "RecordIO file, or damaged there" % (rec_path, magic, pos, MAGIC))
-            length, cflag = lrec & _LEN_MASK, lrec >> 29
-            if pos + _FRAME.size + _pad(length) > size:
-                raise ValueError("%s: truncated record at byte %d: its frame needs %d bytes, "
-                                 "only %d left" % (rec_path, pos, _pad(length),
-                                                   size - pos - _FRAME.size))
-            if cflag in (0, 1):
-                if inside:
-                    raise ValueError("%s: split record at byte %d never ends" % (rec_path, start))
-                start = pos
-                inside = cflag == 1
-                if cflag == 0:
-                    yield start
-            elif cflag in (2, 3):
-                if not inside:
-                    raise ValueError("%s: continuation frame at byte %d outside a split record"
-                                     % (rec_path, pos))
-                if cflag == 3:
-                    inside = False
-                    yield start
-            else:
-                raise ValueError("%s: frame at byte %d has cflag %d" % (rec_path, pos, cflag))
-            f.seek(_pad(length), 1)
-            pos += _FRAME.size + _pad(length)
-        if inside:
-            raise ValueError("%s: split record at byte %d cut off by the end of the file"
-                             % (rec_path, start))
-
-
-def build_index(rec_path, idx_path=None, overwrite=False):
-    """Write the .idx of a .rec by scanning it: keys 0..n-1 in file order (as DALI's rec2idx).
-
-    The .idx is written atomically; an existing one is kept unless overwrite=True.
-    Returns (idx path, number of records).
-    """
-    rec_path = os.fspath(rec_path)
-    idx_path = os.fspath(idx_path) if idx_path is not None else default_idx_path(rec_path)
-    if not os.path.isfile(rec_path):
-        raise FileNotFoundError("RecordIO file %s not found" % rec_path)
-    if os.path.exists(idx_path) and not overwrite:
-        raise FileExistsError("%s already exists; pass --force to rebuild it" % idx_path)
-    n = 0
-    with AtomicFiles() as files:
-        with files.open(idx_path, "w") as f:
-            for n, off in enumerate(scan_records(rec_path), 1):
-                f.write("%d\t%d\n" % (n - 1, off))
-        if n == 0:
-            raise ValueError("%s: no records" % rec_path)
-    return idx_path, n
 
 
 class RecordIOWriter(Transaction):
@@ -448,6 +444,12 @@ class RecordIOWriter(Transaction):
     @property
     def rec_bytes(self):
         return self._pos
+
+    def rec_sample_crc(self):
+        """sample_crc of the .rec written so far (flushed first)."""
+        self._rec.flush()
+        with open(self._rec.name, "rb") as f:  # written "wb": no reads through it
+            return sample_crc(f.fileno(), self._pos)
 
     def commit(self):
         """Finish: both files renamed into place (by the group's owner if shared)."""

@@ -5,7 +5,9 @@ program (``.pt2``), an ONNX file (through onnxruntime) or an ``nn.Module``;
 ``load_model`` gives each the same interface, with a fingerprint of its
 weights so that a feature file records what made it.
 """
+import contextlib
 import hashlib
+import logging
 import os
 import zipfile
 
@@ -154,6 +156,18 @@ class _OnnxModel:
         return torch.from_numpy(out).to(x.device)
 
 
+@contextlib.contextmanager
+def _quiet(logger):
+    """torch logs a whole traceback when a load fails; the error facenms raises is enough."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def _is_torchscript(path):
     try:
         with zipfile.ZipFile(path) as z:
@@ -181,7 +195,8 @@ def load_model(model, device="cpu"):
         return _OnnxModel(path, device, fp)
     if path.lower().endswith(".pt2"):
         try:
-            module = torch.export.load(path).module()
+            with _quiet("torch.export"), _quiet("torch._export"):
+                module = torch.export.load(path).module()
         except Exception as e:
             raise ValueError("cannot load exported program %s (torch.export.save): %s"
                              % (path, e)) from e

@@ -20,6 +20,7 @@ from ..io import AtomicDir, AtomicFiles, check_not_inputs, check_writable, user_
 from ..data.base import check_image, decode_image, image_format
 from ..data.imagefolder import ImageFolderDataset
 from ..data.recdataset import RecordDataset, labels_sidecar_path, write_face_recordio
+from ..data.recordio import property_path
 
 # formats insightface (OpenCV imdecode), mxnet and DALI all decode; others are re-encoded
 _REC_FORMATS = {"JPEG": "jpg", "PNG": "png", "BMP": "bmp"}
@@ -47,6 +48,13 @@ def _keep_array(keep, n=None):
     return keep
 
 
+def _not_empty(keep, allow_empty):
+    if len(keep) == 0 and not allow_empty:
+        raise ValueError("keep selects no faces: the export would be an empty dataset (0 "
+                         "images, 0 classes); pass allow_empty=True (--allow-empty) if that "
+                         "is wanted")
+
+
 def _guard(outputs, dataset, inputs, need_bytes):
     """Refuse outputs over inputs and outputs that cannot fit, before any work."""
     files = list(dataset.files()) if dataset is not None else []
@@ -64,12 +72,14 @@ def _reraise(e, final):
     raise e
 
 
-def save_indices(path, keep, inputs=(), dataset=None):
+def save_indices(path, keep, inputs=(), dataset=None, allow_empty=True):
     """Kept indices as an int64 .npy file.
 
     inputs (e.g. the keep file) and dataset's files are never replaced.
+    allow_empty=False refuses an empty keep (as the dataset exports do).
     """
     keep = _keep_array(keep)
+    _not_empty(keep, allow_empty)
     _guard([os.fspath(path)], dataset, inputs, 128 + 8 * len(keep))
     try:
         with AtomicFiles() as out:
@@ -99,7 +109,7 @@ def _label_map(old):
 
 
 def write_lst(path, dataset, keep, shuffle=False, seed=0, verify="structure", progress=None,
-              inputs=()):
+              inputs=(), *, allow_empty=False, rec_names=False):
     """An im2rec list `index\\tlabel\\tname`, ready for `python -m mxnet.tools.im2rec`.
 
     index is dense 0..n-1 (the RecordIO keys im2rec will write: MXFaceDataset
@@ -109,11 +119,20 @@ def write_lst(path, dataset, keep, shuffle=False, seed=0, verify="structure", pr
     which is im2rec's `root` argument. Faces are grouped by identity, or in a
     seeded shuffled order. Every image is checked (verify) before anything is
     committed. progress: optional wrapper of the index iterable, e.g. tqdm.
+    A RecordIO dataset has no image files to name: its names are rec:<key>,
+    which im2rec cannot read, so it is refused unless rec_names=True. An
+    empty keep is refused unless allow_empty=True.
     """
     keep = _keep_array(keep, len(dataset))
     path = os.fspath(path)
     mapp = (path[:-4] if path.endswith(".lst") else path) + ".label_map.npy"
     _guard([path, mapp], dataset, inputs, 64 * len(keep))
+    _not_empty(keep, allow_empty)
+    if isinstance(dataset, RecordDataset) and not rec_names:
+        raise ValueError("%s is a RecordIO dataset: a .lst of it would name its records "
+                         "rec:<key>, paths no tool (im2rec included) can read; export the "
+                         "RecordIO format instead, or pass rec_names=True (--rec-names) for "
+                         "such a list" % dataset.rec_path)
     idx, old, new = _order(dataset, keep, shuffle, seed)
     out = AtomicFiles()
     try:
@@ -163,9 +182,7 @@ def rec_paths(out):
     out = os.fspath(out)
     if out.endswith(".rec"):
         prefix = out[:-4]
-        return (out, prefix + ".idx",
-                os.path.join(os.path.dirname(os.path.abspath(out)), "property"),
-                prefix + ".label_map.npy")
+        return out, prefix + ".idx", property_path(out), prefix + ".label_map.npy"
     return tuple(os.path.join(out, f) for f in ("train.rec", "train.idx", "property",
                                                  "label_map.npy"))
 
@@ -200,7 +217,8 @@ def arcface_config(rec_dir, num_classes, num_image, val_targets):
 
 
 def write_recordio(out, dataset, keep, layout="im2rec", shuffle=False, seed=0,
-                   verify="structure", copy_bins=True, progress=None, inputs=()):
+                   verify="structure", copy_bins=True, progress=None, inputs=(), *,
+                   allow_empty=False):
     """The kept faces as a new RecordIO dataset, labels re-numbered densely.
 
     out: a directory (created if needed) that receives train.rec, train.idx,
@@ -209,8 +227,11 @@ def write_recordio(out, dataset, keep, layout="im2rec", shuffle=False, seed=0,
     for a RecordIO source also its verification *.bin files and
     arcface_config.py. The new directory is swapped in with one rename; files
     a user put in an existing `out` (other than these) are kept. Or a path
-    ending in .rec: the .idx, <prefix>.label_map.npy and <prefix>.labels.npz
-    go beside it and `property` in its folder, committed as a group.
+    ending in .rec: the .idx, <prefix>.label_map.npy, <prefix>.labels.npz and
+    the property go beside it, committed as a group; the property is named
+    after the .rec (<prefix>.property; `property` for train.rec, the name
+    MXFaceDataset reads), so exports into one folder never share one.
+    An empty keep is refused unless allow_empty=True.
 
     layout="im2rec" (the default): keys 0..n-1, each image with its own label,
     no header or identity records: what MXFaceDataset, mx.io.ImageRecordIter
@@ -242,6 +263,7 @@ def write_recordio(out, dataset, keep, layout="im2rec", shuffle=False, seed=0,
     need = (dataset.approx_bytes(keep) + 48 * len(keep) + sum(os.path.getsize(b) for b in bins))
     outputs = [out] if as_dir else [rec, idxp, prop, mapp, labels_sidecar_path(rec)]
     _guard(outputs, dataset, inputs, need)
+    _not_empty(keep, allow_empty)
     if as_dir and os.path.isdir(out):
         sub = sorted(e.name for e in os.scandir(out) if e.is_dir(follow_symlinks=False))
         if sub:
@@ -294,7 +316,7 @@ def _write_file(path, data):
 
 
 def write_imagefolder(out_dir, dataset, keep, mode="symlink", overwrite=False,
-                      verify="structure", progress=None, inputs=()):
+                      verify="structure", progress=None, inputs=(), *, allow_empty=False):
     """The kept faces as an image-folder tree out_dir/<identity>/<file>.
 
     Image-folder datasets keep their relative paths, as symlinks to the
@@ -302,7 +324,8 @@ def write_imagefolder(out_dir, dataset, keep, mode="symlink", overwrite=False,
     no files to link: each face's encoded bytes are written to
     <label, zero-padded>/<key>.<jpg|png|...> whatever the mode.
     out_dir must not exist or be empty unless overwrite=True; the new tree is
-    swapped in with one rename. Every image is checked (verify) first.
+    swapped in with one rename. Every image is checked (verify) first. An
+    empty keep is refused unless allow_empty=True.
     The tree reaches the disk with one syncfs of its file system before the swap:
     an fsync per file would be a disk write per face.
     progress: optional wrapper of the index iterable, e.g. tqdm.
@@ -314,6 +337,7 @@ def write_imagefolder(out_dir, dataset, keep, mode="symlink", overwrite=False,
     need = 0 if (mode == "symlink" and isinstance(dataset, ImageFolderDataset)) \
         else dataset.approx_bytes(keep)
     _guard([out_dir], dataset, inputs, need)
+    _not_empty(keep, allow_empty)
     width = len(str(max(int(dataset.num_classes) - 1, 0)))
     d = AtomicDir(out_dir, overwrite=overwrite)
     try:
