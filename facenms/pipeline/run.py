@@ -294,10 +294,11 @@ def _export(cfg, ds, paths, data_id):
 def _report(cfg, paths):
     from .report import write_report
     info = read_json(paths["select_info"], {})
+    sel = cfg.get("select", {})
+    ranked_as_selected = {k: sel[k] for k in ("rank", "seed") if k in sel}
     write_report(paths["report"], np.load(paths["features"], mmap_mode="r"),
                  np.load(paths["labels"]), np.load(paths["keep"]),
-                 threshold=info.get("threshold"), **{  # the faces, ranked as selected
-                     "dataset": cfg["data"]["dataset"], "info": info, "label_issues":
-                     paths.get("label_issues"), **{k: v for k, v in cfg.get("select", {}).items()
-                                                   if k in ("rank", "seed")}, **cfg["report"]})
+                 threshold=info.get("threshold"), dataset=cfg["data"]["dataset"], info=info,
+                 label_issues=paths["label_issues"] if sel.get("clean") else None,
+                 **ranked_as_selected, **cfg["report"])
     _log("report", paths["report"])
