@@ -62,6 +62,7 @@ BLOCK_ELEMENTS = 1 << 23  # similarities per block of faces against all centres
 # summed over products whose magnitudes sum to <= 1, the result rounded (2**-9), float32
 # accumulation; 2**-6 covers that with room
 BF16_ERROR = 2.0 ** -6
+SCREEN_WORK = 1 << 28  # multiply-adds below which the screen costs more than it saves
 
 
 @dataclass(frozen=True)
@@ -177,8 +178,8 @@ def nearest_other(y, own, centres, need=None):
     cosine to another identity's centre and that identity, in blocks of rows against
     all centres; (None, None) when there is no other identity.
 
-    need: per row, the b above which the row would be flagged. Then float32 rows
-    are first screened in bfloat16 (several times the float32 rate on CPUs with
+    need: per row, the b above which the row would be flagged. Then, for a large
+    search (over SCREEN_WORK multiply-adds), float32 rows are first screened in bfloat16 (several times the float32 rate on CPUs with
     AMX and on GPUs): a bfloat16 cosine of unit vectors is within BF16_ERROR of
     the float32 one, so a row whose screened maximum is below need - BF16_ERROR
     cannot be flagged; it gets b = -inf, and only the others are computed in
@@ -191,7 +192,7 @@ def nearest_other(y, own, centres, need=None):
     k = torch.zeros(n, dtype=torch.int64, device=y.device)
     step = max(1, BLOCK_ELEMENTS // k_all)
     rows = torch.arange(n, device=y.device)
-    if need is not None and y.dtype == torch.float32:
+    if need is not None and y.dtype == torch.float32 and n * k_all * y.shape[1] > SCREEN_WORK:
         low = centres.to(torch.bfloat16).T
         keep = []
         for lo in range(0, n, step):
