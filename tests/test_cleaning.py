@@ -178,6 +178,10 @@ def test_bad_input_is_one_line_errors(tmp_path):
         facenms.label_issues(x, labels, min_faces=2)
     with pytest.raises(TypeError, match="clean must be True or False"):
         facenms.select(x, labels, ratio=0.5, clean="yes")
+    with pytest.raises(ValueError, match="give exactly one of ratio= and threshold="):
+        facenms.select(x, labels, clean=True)
+    with pytest.raises(ValueError, match="ratio must be a number in"):
+        facenms.select(x, labels, ratio=1.5, clean=True)
 
 
 @pytest.mark.parametrize("ratio", [0.4, 0.6, 0.8, 1.0])

@@ -115,7 +115,7 @@ def unit(x, dtype):
     return y / torch.linalg.vector_norm(y, dim=1, keepdim=True)
 
 
-def trimmed_centres(x, ranked, norms, offsets, sizes, min_faces, dtype):
+def trimmed_centres(x, ranked, norms, offsets, sizes, *, min_faces, dtype):
     """(centres (C, d) in dtype, a (per rank position)) for identities in centrality order.
 
     ``ranked``: rows of x, each identity nearest its plain mean first, and
@@ -192,7 +192,8 @@ def nearest_other(y, own, centres, need=None):
     k = torch.zeros(n, dtype=torch.int64, device=y.device)
     step = max(1, BLOCK_ELEMENTS // k_all)
     rows = torch.arange(n, device=y.device)
-    if need is not None and y.dtype == torch.float32 and n * k_all * y.shape[1] > SCREEN_WORK:
+    big = n * k_all * y.shape[1] > SCREEN_WORK
+    if need is not None and y.dtype == torch.float32 and big:
         low = centres.to(torch.bfloat16).T
         keep = []
         for lo in range(0, n, step):
@@ -231,7 +232,8 @@ def label_issues(features, labels, *, threshold=None, min_faces=None, device=Non
     if n:  # centrality order; raises ValueError naming the first zero or non-finite row
         order, norms = ranking.rank(x, order, offsets, sizes, "centrality", None, 0,
                                     with_norms=True)
-    centres, a_pos = trimmed_centres(x, order, norms, offsets, sizes, min_faces, dtype)
+    centres, a_pos = trimmed_centres(x, order, norms, offsets, sizes, min_faces=min_faces,
+                                     dtype=dtype)
     ident = segment_ids(sizes, total=n)
     a = torch.empty(n, dtype=dtype, device=x.device)
     a[order] = a_pos
@@ -242,18 +244,18 @@ def label_issues(features, labels, *, threshold=None, min_faces=None, device=Non
     timings = {"centres": time.perf_counter() - t0}
     t1 = time.perf_counter()
     cand = torch.nonzero(candidates(a, judged, mu, sigma, threshold)).reshape(-1)
-    found = flag_candidates(unit(x[cand], dtype), cand, a[cand], own[cand], centres, mu, sigma,
-                            threshold)
+    found = flag_candidates(unit(x[cand], dtype), cand, a[cand], own[cand], centres, mu=mu,
+                            sigma=sigma, threshold=threshold)
     timings["candidates"] = time.perf_counter() - t1
     out = to_family(found[0], features)
     timings["total"] = time.perf_counter() - t0
     if not return_info:
         return out
-    return out, make_info(a, judged, found, uniq, mu, sigma, threshold, n, int(cand.numel()),
-                          timings)
+    return out, make_info(a, judged, found, uniq, mu=mu, sigma=sigma, threshold=threshold, n=n,
+                          n_cand=int(cand.numel()), timings=timings)
 
 
-def flag_candidates(y, rows, a, own, centres, mu, sigma, threshold):
+def flag_candidates(y, rows, a, own, centres, *, mu, sigma, threshold):
     """(flagged rows ascending, their s, b, a, other identity index) among candidates."""
     need = threshold * sigma - (mu - a) + a if sigma > 0 else None
     b, k = nearest_other(y, own, centres, need)
@@ -266,7 +268,7 @@ def flag_candidates(y, rows, a, own, centres, mu, sigma, threshold):
     return rows[srt], s[srt], b[srt], a[srt], k[srt]
 
 
-def make_info(a, judged, found, uniq, mu, sigma, threshold, n, n_cand, timings):
+def make_info(a, judged, found, uniq, *, mu, sigma, threshold, n, n_cand, timings):
     """LabelIssuesInfo from the per-face own similarities and the flagged candidates."""
     rows, s, b, a_f, k = (t.cpu() for t in found)
     with np.errstate(invalid="ignore", divide="ignore"):
