@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from ..core import ranking
-from ..core.cleaning import (check_options, compute_dtype, flag_candidates, make_info,
-                             robust_scale, candidates, trimmed_centres, unit)
+from ..core.cleaning import (candidates, check_options, compute_dtype, faiss_index,
+                             flag_candidates, make_info, robust_scale, trimmed_centres, unit)
 from ..core.csr import group, segment_ids
 from ..core.inputs import as_tensor, bad_row_message, check_device, check_features, to_family
 from .blocks import InPlace, block_rows, blocks, first_bad_in_block
@@ -94,10 +94,11 @@ def raise_if_bad(comm, bad, n):
 
 
 def label_issues(features, labels, *, threshold=None, min_faces=None, device=None,
-                 return_info=False, block_size=None, max_memory=None, distributed=None):
+                 return_info=False, block_size=None, max_memory=None, distributed=None,
+                 search="exact"):
     """facenms.label_issues over blocks of identities; every rank gets the same answer."""
     t0 = time.perf_counter()
-    threshold, min_faces = check_options(threshold, min_faces)
+    threshold, min_faces, search = check_options(threshold, min_faces, search)
     features = open_features(features)
     if isinstance(labels, (str, os.PathLike)):
         labels = np.load(os.fspath(labels))
@@ -124,13 +125,15 @@ def label_issues(features, labels, *, threshold=None, min_faces=None, device=Non
     mine = (own >= span[0]) & (own < span[1])
     cand = torch.nonzero(candidates(a, judged, mu, sigma, threshold) & mine).reshape(-1)
     parts = []
+    index = faiss_index(centres) if search == "faiss" and len(cand) and len(centres) > 1 \
+        else None  # built once for every block of candidates
     for lo in range(0, cand.shape[0], rows):
         pick = cand[lo:lo + rows]
         x_h, local, _ = src.load(pick.numpy())
         y = unit(x_h.to(dev)[local.to(dev)], compute_dtype(x_h))
         parts.append([t.cpu() for t in flag_candidates(
             y, pick.to(dev), a[pick].to(dev), own[pick].to(dev), centres, mu=mu, sigma=sigma,
-            threshold=threshold)])
+            threshold=threshold, search=search, index=index)])
     found = gather(comm, parts, n, dtype)
     n_cand = int(comm.sum(torch.tensor([cand.shape[0]], dtype=torch.int64)))
     timings["candidates"] = time.perf_counter() - t1

@@ -131,7 +131,7 @@ def _take(a, rows):
 def label_issues(features, labels, *, threshold: Optional[float] = None,
                  min_faces: Optional[int] = None, device=None, return_info: bool = False,
                  block_size: Optional[int] = None, max_memory: Optional[int] = None,
-                 distributed: Optional[bool] = None
+                 distributed: Optional[bool] = None, search: str = "exact"
                  ) -> Union[Any, Tuple[Any, LabelIssuesInfo]]:
     """Indices of the faces most likely filed under the wrong identity.
 
@@ -159,12 +159,18 @@ def label_issues(features, labels, *, threshold: Optional[float] = None,
             similarity).
         block_size, max_memory, distributed: as for select: stream blocks of
             identities, split them over torch.distributed ranks. Same result.
+        search: how each candidate finds its nearest other identity centre:
+            "exact" (blocks of faces against all centres) or "faiss" (a faiss
+            index of the centres; approximate from 100k identities on, where
+            the exact search grows with candidates x identities: it can miss
+            flags, never add wrong ones).
 
     Returns:
         Sorted int64 indices of the flagged faces, in the array family and on
         the device of ``features`` (and a LabelIssuesInfo with return_info=True).
     """
-    kw = dict(threshold=threshold, min_faces=min_faces, device=device, return_info=return_info)
+    kw = dict(threshold=threshold, min_faces=min_faces, device=device, return_info=return_info,
+              search=search)
     if blocks.should_stream(features, block_size, max_memory, distributed):
         return clean_streamed.label_issues(features, labels, block_size=block_size,
                                            max_memory=max_memory, distributed=distributed, **kw)
