@@ -178,6 +178,10 @@ def test_bad_input_is_one_line_errors(tmp_path):
         facenms.label_issues(x, labels, min_faces=2)
     with pytest.raises(TypeError, match="clean must be True or False"):
         facenms.select(x, labels, ratio=0.5, clean="yes")
+    with pytest.raises(ValueError, match="give exactly one of ratio= and threshold="):
+        facenms.select(x, labels, clean=True)
+    with pytest.raises(ValueError, match="ratio must be a number in"):
+        facenms.select(x, labels, ratio=1.5, clean=True)
 
 
 @pytest.mark.parametrize("ratio", [0.4, 0.6, 0.8, 1.0])
@@ -244,9 +248,11 @@ def test_two_process_torchrun_equals_one_process(tmp_path):
                                                                 clean=True))
 
 
-def test_bfloat16_screen_changes_nothing():
+def test_bfloat16_screen_changes_nothing(monkeypatch):
     """Rows screened out in bfloat16 could not have been flagged; the rest are exact."""
+    from facenms.core import cleaning
     from facenms.core.cleaning import nearest_other
+    monkeypatch.setattr(cleaning, "SCREEN_WORK", 0)
     g = torch.Generator().manual_seed(0)
     y = torch.nn.functional.normalize(torch.randn(500, 32, generator=g), dim=1)
     centres = torch.nn.functional.normalize(torch.randn(40, 32, generator=g), dim=1)
@@ -258,3 +264,30 @@ def test_bfloat16_screen_changes_nothing():
     assert 0 < int(hit.sum()) < 500
     assert torch.equal(b2[hit], b[hit]) and torch.equal(k2[hit], k[hit])
     assert bool((b2[~hit] <= b[~hit]).all())  # screened out: -inf, or exact
+
+
+@pytest.mark.parametrize("exact_below", [100_000, 0])
+def test_faiss_search_flags_a_subset_and_flat_is_exact(monkeypatch, tmp_path, exact_below):
+    """A flat faiss index finds what the blocked search finds; an inverted file may miss
+    a face's nearest other centre, so it flags a subset, each with the true score."""
+    from facenms.core import cleaning
+    monkeypatch.setattr(cleaning, "FAISS_EXACT", exact_below)
+    x, labels, _ = planted(n_ident=300, seed=14)
+    want, winfo = facenms.label_issues(x, labels, return_info=True)
+    got, info = facenms.label_issues(x, labels, return_info=True, search="faiss")
+    np.save(tmp_path / "f.npy", x)
+    streamed = facenms.label_issues(str(tmp_path / "f.npy"), labels, search="faiss",
+                                    block_size=500)
+    if exact_below:
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(info.other_label, winfo.other_label)
+        np.testing.assert_array_equal(streamed, want)
+    assert np.isin(got, want).all() and len(got) >= 0.8 * len(want)
+    same = np.isin(want, got)
+    assert np.all(info.issue_score <= winfo.issue_score[same] + 1e-5)
+    found = info.other_label == winfo.other_label[same]  # the true nearest: the true score
+    assert found.mean() > 0.9
+    np.testing.assert_allclose(info.issue_score[found], winfo.issue_score[same][found],
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match="search must be one of exact, faiss"):
+        facenms.label_issues(x, labels, search="annoy")

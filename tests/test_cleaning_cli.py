@@ -116,3 +116,23 @@ def test_run_config_with_clean_writes_label_issues_and_exports_without_them(tmp_
     os.remove(paths["label_issues"])  # a missing output redoes the stage
     run_config(cfg, stages=("select",), progress=False)
     np.testing.assert_array_equal(read_label_issues(paths["label_issues"]), issues)
+
+
+def test_cleaning_bench_quick_run(tmp_path):
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench",
+                                    "quality"))
+    try:
+        import clean
+        doc = clean.main(["--quick", "--worlds", "noise 3%", "3% + 3% open-set", "--epochs", "1",
+                          "--out", str(tmp_path)])
+    finally:
+        sys.path.pop(0)
+    assert [d["world"] for d in doc["detection"]] == ["noise 3%", "3% + 3% open-set"]
+    assert "open_set_recall" in doc["detection"][1]
+    methods = {(r["method"], r["ratio"]) for r in doc["quality"]}
+    assert methods == {("full", 1.0)} | {(m, 0.4) for m in clean.METHODS}
+    for r in doc["quality"]:
+        assert abs(r["kept_ratio"] - r["ratio"]) < 0.01
+    md = (tmp_path / "results.md").read_text()
+    assert "| noise 3% | **facenms+clean** | 0.4 |" in md
+    assert json.loads((tmp_path / "results.json").read_text())["quality"]

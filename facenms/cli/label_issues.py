@@ -22,6 +22,9 @@ def add(sub):
                                                    "robust sigmas (default 8)")
     s.add_argument("--min-faces", type=int, help="judge only identities with at least this "
                                                  "many faces (default 3)")
+    s.add_argument("--search", default="exact", choices=["exact", "faiss"],
+                   help="nearest other identity: blocked exact search (default) or a faiss "
+                        "index (approximate from 100k identities: can miss flags)")
     s.add_argument("--device", default=None, help="e.g. cuda (default: cpu)")
     add_memory_args(s)
     s.add_argument("--distributed", action="store_true",
@@ -43,7 +46,7 @@ def run(args):
         feats, labels, threshold=args.threshold, min_faces=args.min_faces, device=args.device,
         return_info=True, block_size=args.block_size,
         max_memory=parse_bytes(args.max_memory) if args.max_memory else None,
-        distributed=distributed)
+        distributed=distributed, search=args.search)
     if not is_main():
         return
     write_label_issues(args.out, issues.cpu() if hasattr(issues, "cpu") else issues, labels,

@@ -38,7 +38,9 @@ are compared with every centre, in blocks of faces against all centres
 in bfloat16 first and only the faces the screen cannot rule out are computed
 in float32 (the result is the float32 one). That search costs candidates x
 K x d multiply-adds, which grows with the number of identities: at millions
-of identities it, not the read, dominates. The rest is one read of the
+of identities it, not the read, dominates; ``search="faiss"`` asks a faiss
+index of the centres instead (approximate from FAISS_EXACT identities on: it
+can miss a flag, never add one). The rest is one read of the
 features: the ranking (the ``prepare`` kernel), the centres and ``a``.
 """
 import math
@@ -62,6 +64,8 @@ BLOCK_ELEMENTS = 1 << 23  # similarities per block of faces against all centres
 # summed over products whose magnitudes sum to <= 1, the result rounded (2**-9), float32
 # accumulation; 2**-6 covers that with room
 BF16_ERROR = 2.0 ** -6
+FAISS_EXACT = 100_000  # centres below which search="faiss" uses a flat (exact) index
+SCREEN_WORK = 1 << 28  # multiply-adds below which the screen costs more than it saves
 
 
 @dataclass(frozen=True)
@@ -94,14 +98,19 @@ class LabelIssuesInfo:
                     self.n_unjudged, self.timings.get("total", 0.0)))
 
 
-def check_options(threshold, min_faces):
-    """(threshold, min_faces) validated; None means the default."""
+SEARCHES = ("exact", "faiss")
+
+
+def check_options(threshold, min_faces, search="exact"):
+    """(threshold, min_faces, search) validated; None means the default."""
+    if search not in SEARCHES:
+        raise ValueError("search must be one of %s, got %r" % (", ".join(SEARCHES), search))
     t = DEFAULT_THRESHOLD if threshold is None else number(threshold, "threshold", 0, 1000)
     m = DEFAULT_MIN_FACES if min_faces is None else check_count(min_faces, "min_faces")
     if m < 3:
         raise ValueError("min_faces must be >= 3 (an identity of 2 faces has no majority), "
                          "got %d" % m)
-    return t, m
+    return t, m, search
 
 
 def compute_dtype(x):
@@ -114,7 +123,7 @@ def unit(x, dtype):
     return y / torch.linalg.vector_norm(y, dim=1, keepdim=True)
 
 
-def trimmed_centres(x, ranked, norms, offsets, sizes, min_faces, dtype):
+def trimmed_centres(x, ranked, norms, offsets, sizes, *, min_faces, dtype):
     """(centres (C, d) in dtype, a (per rank position)) for identities in centrality order.
 
     ``ranked``: rows of x, each identity nearest its plain mean first, and
@@ -177,8 +186,8 @@ def nearest_other(y, own, centres, need=None):
     cosine to another identity's centre and that identity, in blocks of rows against
     all centres; (None, None) when there is no other identity.
 
-    need: per row, the b above which the row would be flagged. Then float32 rows
-    are first screened in bfloat16 (several times the float32 rate on CPUs with
+    need: per row, the b above which the row would be flagged. Then, for a large
+    search (over SCREEN_WORK multiply-adds), float32 rows are first screened in bfloat16 (several times the float32 rate on CPUs with
     AMX and on GPUs): a bfloat16 cosine of unit vectors is within BF16_ERROR of
     the float32 one, so a row whose screened maximum is below need - BF16_ERROR
     cannot be flagged; it gets b = -inf, and only the others are computed in
@@ -191,7 +200,8 @@ def nearest_other(y, own, centres, need=None):
     k = torch.zeros(n, dtype=torch.int64, device=y.device)
     step = max(1, BLOCK_ELEMENTS // k_all)
     rows = torch.arange(n, device=y.device)
-    if need is not None and y.dtype == torch.float32:
+    big = n * k_all * y.shape[1] > SCREEN_WORK
+    if need is not None and y.dtype == torch.float32 and big:
         low = centres.to(torch.bfloat16).T
         keep = []
         for lo in range(0, n, step):
@@ -207,6 +217,40 @@ def nearest_other(y, own, centres, need=None):
     return b, k
 
 
+def faiss_index(centres, probes=32):
+    """A faiss inner-product index of the centres: flat (exact) below FAISS_EXACT
+    centres, an inverted file above (4 sqrt(K) lists, `probes` of them searched)."""
+    import faiss
+    k_all, d = centres.shape
+    c = np.ascontiguousarray(centres.detach().cpu().float().numpy())
+    if k_all < FAISS_EXACT:
+        index = faiss.IndexFlatIP(d)
+    else:
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, int(4 * math.sqrt(k_all)),
+                                   faiss.METRIC_INNER_PRODUCT)
+        index.train(c)
+        index.nprobe = probes
+    index.add(c)
+    return index
+
+
+def nearest_other_faiss(y, own, centres, index=None):
+    """nearest_other through a faiss index of the centres (faiss_index). An
+    inverted-file index may miss a row's nearest other centre: b is then the cosine
+    to the one it found (computed exactly), never more than the true b, so faces
+    can only be missed, never flagged wrongly."""
+    if centres.shape[0] < 2 or y.shape[0] == 0:
+        return nearest_other(y, own, centres)
+    index = faiss_index(centres) if index is None else index
+    _, found = index.search(np.ascontiguousarray(y.detach().cpu().float().numpy()), 2)
+    found = torch.from_numpy(found).to(y.device)
+    k = torch.where(found[:, 0] == own, found[:, 1], found[:, 0])
+    lost = k < 0  # the probed lists held no other centre
+    k = torch.where(lost, own, k)
+    b = torch.einsum("ij,ij->i", y, centres.index_select(0, k).to(y.dtype))
+    return torch.where(lost, torch.full_like(b, -math.inf), b), k
+
+
 def issue_scores(a, b, mu, sigma):
     """s_i = ((mu - a_i) + (b_i - a_i)) / sigma (sigma 0: +inf for any positive excess)."""
     excess = (mu - a) + (b - a)
@@ -216,10 +260,10 @@ def issue_scores(a, b, mu, sigma):
 
 
 def label_issues(features, labels, *, threshold=None, min_faces=None, device=None,
-                 return_info=False):
+                 return_info=False, search="exact"):
     """facenms.label_issues with the features in memory (see its documentation)."""
     t0 = time.perf_counter()
-    threshold, min_faces = check_options(threshold, min_faces)
+    threshold, min_faces, search = check_options(threshold, min_faces, search)
     x = check_features(as_tensor(features, "features"))
     dev = check_device(device)
     if dev is not None:
@@ -230,7 +274,8 @@ def label_issues(features, labels, *, threshold=None, min_faces=None, device=Non
     if n:  # centrality order; raises ValueError naming the first zero or non-finite row
         order, norms = ranking.rank(x, order, offsets, sizes, "centrality", None, 0,
                                     with_norms=True)
-    centres, a_pos = trimmed_centres(x, order, norms, offsets, sizes, min_faces, dtype)
+    centres, a_pos = trimmed_centres(x, order, norms, offsets, sizes, min_faces=min_faces,
+                                     dtype=dtype)
     ident = segment_ids(sizes, total=n)
     a = torch.empty(n, dtype=dtype, device=x.device)
     a[order] = a_pos
@@ -241,21 +286,26 @@ def label_issues(features, labels, *, threshold=None, min_faces=None, device=Non
     timings = {"centres": time.perf_counter() - t0}
     t1 = time.perf_counter()
     cand = torch.nonzero(candidates(a, judged, mu, sigma, threshold)).reshape(-1)
-    found = flag_candidates(unit(x[cand], dtype), cand, a[cand], own[cand], centres, mu, sigma,
-                            threshold)
+    found = flag_candidates(unit(x[cand], dtype), cand, a[cand], own[cand], centres, mu=mu,
+                            sigma=sigma, threshold=threshold, search=search)
     timings["candidates"] = time.perf_counter() - t1
     out = to_family(found[0], features)
     timings["total"] = time.perf_counter() - t0
     if not return_info:
         return out
-    return out, make_info(a, judged, found, uniq, mu, sigma, threshold, n, int(cand.numel()),
-                          timings)
+    return out, make_info(a, judged, found, uniq, mu=mu, sigma=sigma, threshold=threshold, n=n,
+                          n_cand=int(cand.numel()), timings=timings)
 
 
-def flag_candidates(y, rows, a, own, centres, mu, sigma, threshold):
-    """(flagged rows ascending, their s, b, a, other identity index) among candidates."""
+def flag_candidates(y, rows, a, own, centres, *, mu, sigma, threshold, search="exact",
+                    index=None):
+    """(flagged rows ascending, their s, b, a, other identity index) among candidates.
+    search="faiss": through `index` (faiss_index(centres), built here when None)."""
     need = threshold * sigma - (mu - a) + a if sigma > 0 else None
-    b, k = nearest_other(y, own, centres, need)
+    if search == "faiss":
+        b, k = nearest_other_faiss(y, own, centres, index)
+    else:
+        b, k = nearest_other(y, own, centres, need)
     if b is None:
         b, k = a, own
     s = issue_scores(a, b, mu, sigma)
@@ -265,7 +315,7 @@ def flag_candidates(y, rows, a, own, centres, mu, sigma, threshold):
     return rows[srt], s[srt], b[srt], a[srt], k[srt]
 
 
-def make_info(a, judged, found, uniq, mu, sigma, threshold, n, n_cand, timings):
+def make_info(a, judged, found, uniq, *, mu, sigma, threshold, n, n_cand, timings):
     """LabelIssuesInfo from the per-face own similarities and the flagged candidates."""
     rows, s, b, a_f, k = (t.cpu() for t in found)
     with np.errstate(invalid="ignore", divide="ignore"):

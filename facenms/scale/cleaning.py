@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from ..core import ranking
-from ..core.cleaning import (check_options, compute_dtype, flag_candidates, make_info,
-                             robust_scale, candidates, trimmed_centres, unit)
+from ..core.cleaning import (candidates, check_options, compute_dtype, faiss_index,
+                             flag_candidates, make_info, robust_scale, trimmed_centres, unit)
 from ..core.csr import group, segment_ids
 from ..core.inputs import as_tensor, bad_row_message, check_device, check_features, to_family
 from .blocks import InPlace, block_rows, blocks, first_bad_in_block
@@ -53,7 +53,7 @@ def source(features, device):
     return InPlace(x), x.device, x.shape[0], x.shape[1], x.dtype
 
 
-def first_pass(src, dev, dtype, order, offsets, sizes, span, rows, min_faces):
+def first_pass(src, dev, dtype, order, offsets, sizes, *, span, rows, min_faces):
     """Centres (K x d, zero outside this rank's identities), own similarities (N, zero
     outside) and the first bad row seen as (row, 0 zero / 1 non-finite) or None."""
     c_lo, c_hi = span
@@ -74,8 +74,8 @@ def first_pass(src, dev, dtype, order, offsets, sizes, span, rows, min_faces):
             found = first_bad_in_block(x_h, local, caller)
             bad = found if bad is None else min(bad, found)
             continue
-        cent, a_pos = trimmed_centres(x, ranked, norms, off, sizes[c0:c1].to(dev), min_faces,
-                                      dtype)
+        cent, a_pos = trimmed_centres(x, ranked, norms, off, sizes[c0:c1].to(dev),
+                                      min_faces=min_faces, dtype=dtype)
         if centres is None:
             centres = torch.zeros((len(sizes), x.shape[1]), dtype=dtype, device=dev)
         centres[c0:c1] = cent
@@ -94,10 +94,11 @@ def raise_if_bad(comm, bad, n):
 
 
 def label_issues(features, labels, *, threshold=None, min_faces=None, device=None,
-                 return_info=False, block_size=None, max_memory=None, distributed=None):
+                 return_info=False, block_size=None, max_memory=None, distributed=None,
+                 search="exact"):
     """facenms.label_issues over blocks of identities; every rank gets the same answer."""
     t0 = time.perf_counter()
-    threshold, min_faces = check_options(threshold, min_faces)
+    threshold, min_faces, search = check_options(threshold, min_faces, search)
     features = open_features(features)
     if isinstance(labels, (str, os.PathLike)):
         labels = np.load(os.fspath(labels))
@@ -108,7 +109,8 @@ def label_issues(features, labels, *, threshold=None, min_faces=None, device=Non
     bounds = split_identities(sizes.numpy(), comm.world)
     span = int(bounds[comm.rank]), int(bounds[comm.rank + 1])
     rows = block_rows(d, torch.empty(0, dtype=row_dtype).element_size(), block_size, max_memory)
-    centres, a, bad = first_pass(src, dev, dtype, order, offsets, sizes, span, rows, min_faces)
+    centres, a, bad = first_pass(src, dev, dtype, order, offsets, sizes, span=span, rows=rows,
+                                 min_faces=min_faces)
     raise_if_bad(comm, bad, n)
     if centres is None:  # this rank has no identities
         centres = torch.zeros((len(sizes), d), dtype=dtype, device=dev)
@@ -123,13 +125,15 @@ def label_issues(features, labels, *, threshold=None, min_faces=None, device=Non
     mine = (own >= span[0]) & (own < span[1])
     cand = torch.nonzero(candidates(a, judged, mu, sigma, threshold) & mine).reshape(-1)
     parts = []
+    index = faiss_index(centres) if search == "faiss" and len(cand) and len(centres) > 1 \
+        else None  # built once for every block of candidates
     for lo in range(0, cand.shape[0], rows):
         pick = cand[lo:lo + rows]
         x_h, local, _ = src.load(pick.numpy())
         y = unit(x_h.to(dev)[local.to(dev)], compute_dtype(x_h))
         parts.append([t.cpu() for t in flag_candidates(
-            y, pick.to(dev), a[pick].to(dev), own[pick].to(dev), centres, mu, sigma,
-            threshold)])
+            y, pick.to(dev), a[pick].to(dev), own[pick].to(dev), centres, mu=mu, sigma=sigma,
+            threshold=threshold, search=search, index=index)])
     found = gather(comm, parts, n, dtype)
     n_cand = int(comm.sum(torch.tensor([cand.shape[0]], dtype=torch.int64)))
     timings["candidates"] = time.perf_counter() - t1
@@ -137,7 +141,8 @@ def label_issues(features, labels, *, threshold=None, min_faces=None, device=Non
     timings["total"] = time.perf_counter() - t0
     if not return_info:
         return out
-    return out, make_info(a, judged, found, uniq, mu, sigma, threshold, n, n_cand, timings)
+    return out, make_info(a, judged, found, uniq, mu=mu, sigma=sigma, threshold=threshold, n=n,
+                          n_cand=n_cand, timings=timings)
 
 
 def gather(comm, parts, n, dtype):

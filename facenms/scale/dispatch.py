@@ -11,7 +11,7 @@ import torch
 from ..core import cleaning as clean_in_memory
 from ..core import select as in_memory
 from ..core.cleaning import LabelIssuesInfo, counted_ratio
-from ..core.inputs import as_tensor, to_family
+from ..core.inputs import as_tensor, number, settings, to_family
 from . import blocks
 from . import cleaning as clean_streamed
 from .reader import open_features
@@ -64,20 +64,23 @@ def select(features, labels, ratio: Optional[float] = None, threshold: Optional[
     if not isinstance(clean, bool):
         raise TypeError("clean must be True or False, got %r" % (clean,))
     if clean:
-        return _select_clean(features, labels, ratio, threshold, kw, block_size, max_memory,
-                             distributed)
+        return _select_clean(features, labels, ratio, threshold, kw, block_size=block_size,
+                             max_memory=max_memory, distributed=distributed)
     if blocks.should_stream(features, block_size, max_memory, distributed):
         return blocks.select(features, labels, ratio, threshold, block_size=block_size,
                               max_memory=max_memory, distributed=distributed, **kw)
     return in_memory.select(features, labels, ratio, threshold, **kw)
 
 
-def _select_clean(features, labels, ratio, threshold, kw, block_size, max_memory, distributed):
+def _select_clean(features, labels, ratio, threshold, kw, *, block_size, max_memory,
+                  distributed):
     """select(clean=True): label issues out, then the selection on the rest."""
     stream = blocks.should_stream(features, block_size, max_memory, distributed)
     if isinstance(labels, (str, os.PathLike)):
         labels = np.load(os.fspath(labels))
     scores = kw.pop("scores")
+    settings(ratio, threshold, kw["rank"], scores, kw["min_per_identity"], kw["per_identity"],
+             kw["seed"])  # bad settings fail before the work
     t0 = time.perf_counter()
     issues = label_issues(features, labels, device=kw["device"], block_size=block_size,
                           max_memory=max_memory, distributed=distributed)
@@ -87,11 +90,9 @@ def _select_clean(features, labels, ratio, threshold, kw, block_size, max_memory
     n = len(features) if not isinstance(features, torch.Tensor) else features.shape[0]
     rest = np.setdiff1d(np.arange(n, dtype=np.int64), issues, assume_unique=True)
     t_issues = time.perf_counter() - t0
-    if ratio is not None and not kw["per_identity"] and isinstance(ratio, (int, float)) \
-            and not isinstance(ratio, bool) and 0 < ratio <= 1:
-        ratio_rest = counted_ratio(float(ratio), n, len(issues))
-    else:  # per identity, or a bad value that select itself reports
-        ratio_rest = ratio
+    ratio_rest = ratio  # per identity: of each identity's remaining faces
+    if ratio is not None and not kw["per_identity"]:
+        ratio_rest = counted_ratio(number(ratio, "ratio", 0, 1, lo_open=True), n, len(issues))
     sub_labels = _take(labels, rest)
     sub_scores = None if scores is None else _take(scores, rest)
     if stream:
@@ -99,7 +100,7 @@ def _select_clean(features, labels, ratio, threshold, kw, block_size, max_memory
                             block_size=block_size, max_memory=max_memory,
                             distributed=distributed, subset=rest, **kw)
     else:
-        x = as_tensor(features, "features")
+        x = as_tensor(features, "features")  # the remaining rows, copied once
         got = in_memory.select(x[torch.from_numpy(rest).to(x.device)], sub_labels, ratio_rest,
                                threshold, scores=sub_scores, **kw)
     keep, info = got if kw["return_info"] else (got, None)
@@ -111,7 +112,8 @@ def _select_clean(features, labels, ratio, threshold, kw, block_size, max_memory
     if info is None:
         return out
     timings = dict(info.timings, label_issues=t_issues, total=time.perf_counter() - t0)
-    return out, dataclasses.replace(info, n_faces=n, timings=timings, ratio=info.kept / n if n else 0.0,
+    return out, dataclasses.replace(info, n_faces=n, timings=timings,
+                                    ratio=info.kept / n if n else 0.0,
                                     target_ratio=ratio if threshold is None else None,
                                     label_issues=len(issues))
 
@@ -129,7 +131,7 @@ def _take(a, rows):
 def label_issues(features, labels, *, threshold: Optional[float] = None,
                  min_faces: Optional[int] = None, device=None, return_info: bool = False,
                  block_size: Optional[int] = None, max_memory: Optional[int] = None,
-                 distributed: Optional[bool] = None
+                 distributed: Optional[bool] = None, search: str = "exact"
                  ) -> Union[Any, Tuple[Any, LabelIssuesInfo]]:
     """Indices of the faces most likely filed under the wrong identity.
 
@@ -157,12 +159,18 @@ def label_issues(features, labels, *, threshold: Optional[float] = None,
             similarity).
         block_size, max_memory, distributed: as for select: stream blocks of
             identities, split them over torch.distributed ranks. Same result.
+        search: how each candidate finds its nearest other identity centre:
+            "exact" (blocks of faces against all centres) or "faiss" (a faiss
+            index of the centres; approximate from 100k identities on, where
+            the exact search grows with candidates x identities: it can miss
+            flags, never add wrong ones).
 
     Returns:
         Sorted int64 indices of the flagged faces, in the array family and on
         the device of ``features`` (and a LabelIssuesInfo with return_info=True).
     """
-    kw = dict(threshold=threshold, min_faces=min_faces, device=device, return_info=return_info)
+    kw = dict(threshold=threshold, min_faces=min_faces, device=device, return_info=return_info,
+              search=search)
     if blocks.should_stream(features, block_size, max_memory, distributed):
         return clean_streamed.label_issues(features, labels, block_size=block_size,
                                            max_memory=max_memory, distributed=distributed, **kw)
