@@ -8,6 +8,8 @@
 
 #include <string>
 
+#include "cpu/isa.h"
+
 #ifndef FACENMS_BUILD_FLAGS
 #define FACENMS_BUILD_FLAGS ""
 #endif
@@ -27,20 +29,6 @@ PyMODINIT_FUNC PyInit__C(void) {
 
 namespace facenms {
 
-// The clone of the hot loops (cpu_common.h) the loader's resolver picks on
-// this CPU, asked through the same resolver: three versions of one function.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
-__attribute__((target("arch=x86-64-v4"))) const char* isa_level() { return "x86-64-v4"; }
-__attribute__((target("arch=x86-64-v3"))) const char* isa_level() { return "x86-64-v3"; }
-__attribute__((target("default"))) const char* isa_level() { return "baseline"; }
-#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target("avx512f"))) const char* isa_level() { return "avx512f"; }
-__attribute__((target("avx2"))) const char* isa_level() { return "avx2"; }
-__attribute__((target("default"))) const char* isa_level() { return "baseline"; }
-#else
-const char* isa_level() { return "baseline (no clones)"; }
-#endif
-
 namespace {
 
 std::string build_info() {
@@ -59,8 +47,12 @@ std::string build_info() {
 #ifdef _OPENMP
   s += "\nopenmp=" + std::to_string(_OPENMP);
 #endif
+  // the clone of the CPU hot loops in use (cpu/isa.h), and what this CPU runs
   s += "\ncpu_isa=";
-  s += isa_level();
+  s += cpu_isa_name();
+  s += "\ncpu_isa_supported=" + cpu_isa_supported();
+  const std::string isa_error = cpu_isa_error();
+  if (!isa_error.empty()) s += "\ncpu_isa_error=" + isa_error;
   s += "\nflags=" FACENMS_BUILD_FLAGS;
   return s;
 }

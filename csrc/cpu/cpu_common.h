@@ -12,20 +12,28 @@
 
 #include <cstdint>
 #include <cstring>
+#include <string>
 
 #include "../checks.h"
+#include "isa.h"
 
 // Hot loops are compiled for the x86-64 levels v4 (AVX-512), v3 (AVX2, FMA)
-// and a baseline; the dynamic loader picks by the features the CPU reports
-// (clones named after CPU models would never match, say, an AMD CPU), so one
-// build runs everywhere at full speed.
+// and a baseline, each with the vector width and register tile of its level
+// (IsaV4, IsaV3, IsaBase below); cpu_isa() (isa.h) picks one per process by
+// the features the CPU reports, or by FACENMS_CPU_ISA. Levels are named by
+// features, not CPU models (a model clone would never match an AMD CPU), so
+// one build runs everywhere at full speed.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
-#define FACENMS_CLONES \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)  // older GCC: ISA clones
-#define FACENMS_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define FACENMS_CLONES
+#define FACENMS_TARGET_V4 __attribute__((target("arch=x86-64-v4")))
+#define FACENMS_TARGET_V3 __attribute__((target("arch=x86-64-v3")))
+#elif defined(__x86_64__) && defined(__GNUC__)  // older GCC, clang: the levels' features
+#define FACENMS_TARGET_V3 \
+  __attribute__((target("avx2,fma,f16c,bmi,bmi2,lzcnt,movbe,popcnt")))
+#define FACENMS_TARGET_V4 __attribute__(( \
+  target("avx512f,avx512bw,avx512vl,avx512dq,avx512cd,avx2,fma,f16c,bmi,bmi2,lzcnt,movbe,popcnt")))
+#else  // not x86-64: cpu_isa() is always the baseline
+#define FACENMS_TARGET_V4
+#define FACENMS_TARGET_V3
 #endif
 #define FACENMS_INLINE inline __attribute__((always_inline))
 
@@ -77,15 +85,50 @@ FACENMS_INLINE double to_double(double v) { return v; }
 template <typename T>
 FACENMS_INLINE double to_double(T v) { return static_cast<double>(to_float(v)); }
 
-// Fixed-width vectors; GCC maps each to zmm, ymm or xmm registers per clone.
+// Vectors of W floats; each level uses its own register width (W = 16: zmm,
+// 8: ymm, 4: xmm). A vector wider than the level's registers would live in
+// memory (GCC has no register mode for it), so W is never wider.
 // Sums below use several accumulators combined in an order written out in
-// the code (not chosen by the vectoriser), so every kernel that sums the
-// same values gets the same bits, and no chain of dependent adds limits the
-// speed.
-typedef float v16 __attribute__((vector_size(64)));
-typedef float v8 __attribute__((vector_size(32)));
-typedef double v8d __attribute__((vector_size(64)));
-typedef int32_t v16i __attribute__((vector_size(64)));
+// the code (not chosen by the vectoriser), so every kernel of one level that
+// sums the same values gets the same bits, and no chain of dependent adds
+// limits the speed.
+template <int W>
+struct Vec {
+  typedef float f __attribute__((vector_size(4 * W)));
+  typedef double d __attribute__((vector_size(8 * W)));
+  typedef uint32_t u __attribute__((vector_size(4 * W)));
+  typedef uint16_t h __attribute__((vector_size(2 * W)));
+  typedef int32_t i __attribute__((vector_size(4 * W)));
+};
+typedef Vec<16>::f v16;
+typedef Vec<16>::i v16i;
+
+// The register tile of each level: W-wide vectors, B candidates against U
+// kept faces: B * U accumulators, U + 1 operands. v4 has 32 registers, v3 and
+// the baseline 16 (4 x 3 + 3 + 1 = 16).
+struct IsaV4 { static constexpr int W = 16, B = 4, U = 4; };
+struct IsaV3 { static constexpr int W = 16, B = 4, U = 4; };
+struct IsaBase { static constexpr int W = 16, B = 4, U = 4; };
+
+// name(params) calls name##_v4, _v3 or _base: impl<IsaV4 / IsaV3 / IsaBase>
+// compiled for that level (impl and what it inlines take the level's target).
+#define FACENMS_ISA_VERSIONS(ret, name, impl, params, args)          \
+  FACENMS_TARGET_V4 ret name##_v4 params { return impl<IsaV4> args; } \
+  FACENMS_TARGET_V3 ret name##_v3 params { return impl<IsaV3> args; } \
+  ret name##_base params { return impl<IsaBase> args; }              \
+  inline ret name params {                                           \
+    switch (cpu_isa()) {                                             \
+      case Isa::v4: return name##_v4 args;                           \
+      case Isa::v3: return name##_v3 args;                           \
+      default: return name##_base args;                              \
+    }                                                                \
+  }
+
+// Ops refuse to run when FACENMS_CPU_ISA asked for a level the CPU lacks.
+inline void check_cpu_isa() {
+  const std::string e = cpu_isa_error();
+  FACENMS_CHECK(e.empty(), e);
+}
 
 // Lanes of two v16 picked by index (0-15: a, 16-31: b); GCC before 12 has
 // only __builtin_shuffle.
@@ -95,55 +138,61 @@ typedef int32_t v16i __attribute__((vector_size(64)));
 #define FACENMS_SHUFFLE(a, b, ...) __builtin_shuffle(a, b, v16i{__VA_ARGS__})
 #endif
 
-FACENMS_INLINE v16 load16(const float* p) {
-  v16 v;
+template <int W>
+FACENMS_INLINE typename Vec<W>::f loadv(const float* p) {
+  typename Vec<W>::f v;
   __builtin_memcpy(&v, p, sizeof(v));
   return v;
 }
-FACENMS_INLINE v16 load16(const double* p) {
-  v8d a, b;
+template <int W>
+FACENMS_INLINE typename Vec<W>::f loadv(const double* p) {
+  typename Vec<W>::d a;
   __builtin_memcpy(&a, p, sizeof(a));
-  __builtin_memcpy(&b, p + 8, sizeof(b));
-  const v8 halves[2] = {__builtin_convertvector(a, v8), __builtin_convertvector(b, v8)};
-  v16 v;
-  __builtin_memcpy(&v, halves, sizeof(v));
-  return v;
+  return __builtin_convertvector(a, typename Vec<W>::f);
 }
 
-// 16-bit floats, 16 at a time, with the integer tricks of to_float above
+// 16-bit floats, W at a time, with the integer tricks of to_float above
 // (GCC 12 would convert a vector of _Float16 one element at a time).
-typedef uint32_t v16u __attribute__((vector_size(64)));
-typedef uint16_t v16h __attribute__((vector_size(32)));
-
-FACENMS_INLINE v16 load16(const c10::BFloat16* p) {
-  v16h h;
+template <int W>
+FACENMS_INLINE typename Vec<W>::f loadv(const c10::BFloat16* p) {
+  typename Vec<W>::h h;
   __builtin_memcpy(&h, p, sizeof(h));
-  const v16u u = __builtin_convertvector(h, v16u) << 16;
-  v16 f;
+  const typename Vec<W>::u u = __builtin_convertvector(h, typename Vec<W>::u) << 16;
+  typename Vec<W>::f f;
   __builtin_memcpy(&f, &u, sizeof(f));
   return f;
 }
-FACENMS_INLINE v16 load16(const c10::Half* p) {
-  v16h h;
+template <int W>
+FACENMS_INLINE typename Vec<W>::f loadv(const c10::Half* p) {
+  using U = typename Vec<W>::u;
+  typename Vec<W>::h h;
   __builtin_memcpy(&h, p, sizeof(h));
-  const v16u w = __builtin_convertvector(h, v16u), em = w & 0x7fffu;
-  const v16u shifted = em << 13;
-  v16 f;
+  const U w = __builtin_convertvector(h, U), em = w & 0x7fffu;
+  const U shifted = em << 13;
+  typename Vec<W>::f f;
   __builtin_memcpy(&f, &shifted, sizeof(f));
   f *= 0x1p112f;
-  v16u u;
+  U u;
   __builtin_memcpy(&u, &f, sizeof(u));
-  u |= ((v16u)(em >= 0x7c00u) & 0x7f800000u) | ((w & 0x8000u) << 16);
+  u |= ((U)(em >= 0x7c00u) & 0x7f800000u) | ((w & 0x8000u) << 16);
   __builtin_memcpy(&f, &u, sizeof(f));
   return f;
 }
 
-// Sums as a fixed tree: lanes pair as (i, i+8), (j, j+4), (k, k+2), (l, l+1).
-FACENMS_INLINE float hsum(v16 v) {
-  const v16 a = v + FACENMS_SHUFFLE(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
-  const v16 b = a + FACENMS_SHUFFLE(a, a, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
-  return (b[0] + b[2]) + (b[1] + b[3]);
+// Sums as a fixed tree: the halves add lane by lane down to four lanes
+// ((i, i+8), (j, j+4) for W = 16), then (l, l+2), (m, m+1).
+template <int W>
+FACENMS_INLINE float hsum(typename Vec<W>::f v) {
+  if constexpr (W == 4) {
+    return (v[0] + v[2]) + (v[1] + v[3]);
+  } else {
+    typename Vec<W / 2>::f lo, hi;
+    __builtin_memcpy(&lo, &v, sizeof(lo));
+    __builtin_memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(lo), sizeof(hi));
+    return hsum<W / 2>(lo + hi);
+  }
 }
+FACENMS_INLINE float hsum(v16 v) { return hsum<16>(v); }
 
 // The four sums of a, b, c, d with hsum's tree, for the cost of about one.
 FACENMS_INLINE void hsum4(v16 a, v16 b, v16 c, v16 d, float* out) {
@@ -177,21 +226,22 @@ FACENMS_INLINE double dot_f64(const T* a, const U* b, int64_t d) {
   return tree_sum(acc);
 }
 
-// Sum of squares of a[0..d) in float32, converted from any element type.
-template <typename T>
+// Sum of squares of a[0..d) in float32, converted from any element type,
+// W lanes at a time.
+template <int W, typename T>
 FACENMS_INLINE float sumsq_f32(const T* a, int64_t d) {
-  v16 s0 = {}, s1 = {};
+  typename Vec<W>::f s0 = {}, s1 = {};
   int64_t k = 0;
-  for (; k + 32 <= d; k += 32) {
-    const v16 u = load16(a + k), w = load16(a + k + 16);
+  for (; k + 2 * W <= d; k += 2 * W) {
+    const auto u = loadv<W>(a + k), w = loadv<W>(a + k + W);
     s0 += u * u;
     s1 += w * w;
   }
-  for (; k + 16 <= d; k += 16) {
-    const v16 u = load16(a + k);
+  for (; k + W <= d; k += W) {
+    const auto u = loadv<W>(a + k);
     s0 += u * u;
   }
-  float t = hsum(s0 + s1);
+  float t = hsum<W>(s0 + s1);
   for (; k < d; ++k) t += to_float(a[k]) * to_float(a[k]);
   return t;
 }

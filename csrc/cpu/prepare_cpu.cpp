@@ -28,6 +28,7 @@ void prepare_kernel_impl(const Tensor& x, const int64_t* order, const int64_t* o
 std::tuple<Tensor, Tensor> prepare_cpu(const Tensor& x, const Tensor& order,
                                        const Tensor& offsets) {
   check_inputs(x, order, offsets, "prepare");
+  check_cpu_isa();
   const int64_t n = order.numel();
   auto norms = torch::stable::new_empty(x, {n}, ScalarType::Double);
   auto scores = torch::stable::new_empty(x, {n}, ScalarType::Double);

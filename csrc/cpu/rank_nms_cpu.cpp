@@ -75,6 +75,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> rank_nms_cpu(const Tensor& x, const T
                                                         int64_t min_keep,
                                                         bool centrality) {
   check_inputs(x, order, offsets, "rank_nms");
+  check_cpu_isa();
   int lanes;
   auto [bits, counts] = nms_outputs(x, order, offsets, thresholds, min_keep, &lanes);
   auto ranked = torch::stable::clone(order);

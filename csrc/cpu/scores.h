@@ -14,48 +14,64 @@ namespace {
 // One identity: float64 norms of rows `rows` into norms[] and the sum of the
 // unit rows into centre[]. Returns false if a row is zero or not finite.
 // The centre is summed 64 columns at a time over all rows, in registers.
-#define FACENMS_LOAD_IDENTITY(T)                                                               \
-  FACENMS_CLONES bool load_identity(const T* base, int64_t ld, const int64_t* rows, int64_t n, \
-                                    int64_t d, double* norms, double* centre) {                \
-    bool ok = true;                                                                            \
-    for (int64_t i = 0; i < n; ++i) {                                                          \
-      const T* src = base + rows[i] * ld;                                                      \
-      norms[i] = std::sqrt(dot_f64(src, src, d));                                              \
-      ok = ok && norms[i] > 0 && std::isfinite(norms[i]);                                      \
-    }                                                                                          \
-    int64_t k0 = 0;                                                                            \
-    for (; k0 + 64 <= d; k0 += 64) {                                                           \
-      double acc[64] = {};                                                                     \
-      for (int64_t i = 0; i < n; ++i) {                                                        \
-        if (!(norms[i] > 0) || !std::isfinite(norms[i])) continue;                             \
-        const T* src = base + rows[i] * ld + k0;                                               \
-        const double inv = 1.0 / norms[i];                                                     \
-        for (int j = 0; j < 64; ++j) acc[j] += to_double(src[j]) * inv;                        \
-      }                                                                                        \
-      __builtin_memcpy(centre + k0, acc, sizeof(acc));                                         \
-    }                                                                                          \
-    for (; k0 < d; ++k0) {                                                                     \
-      double c = 0.0;                                                                          \
-      for (int64_t i = 0; i < n; ++i)                                                          \
-        if (norms[i] > 0 && std::isfinite(norms[i]))                                           \
-          c += to_double(base[rows[i] * ld + k0]) * (1.0 / norms[i]);                          \
-      centre[k0] = c;                                                                          \
-    }                                                                                          \
-    return ok;                                                                                 \
-  }                                                                                            \
-                                                                                               \
-  /* scores[i] = 1 - cos(row i, centre), rounded to a multiple of 2**-20. */                   \
-  FACENMS_CLONES void centre_scores(const T* base, int64_t ld, const int64_t* rows, int64_t n, \
-                                    int64_t d, const double* norms, const double* centre,      \
-                                    double* scores) {                                          \
-    const double cn = std::sqrt(dot_f64(centre, centre, d));                                   \
-    for (int64_t i = 0; i < n; ++i) {                                                          \
-      if (!(cn > n * kNoCentre)) { scores[i] = 1.0; continue; } /* no centre: all tie */      \
-      const double dot = dot_f64(base + rows[i] * ld, centre, d);                              \
-      const double s = 1.0 - dot / (norms[i] * cn);                                            \
-      scores[i] = std::nearbyint(s * 1048576.0) / 1048576.0;                                   \
-    }                                                                                          \
+template <typename I, typename T>
+FACENMS_INLINE bool load_identity_impl(const T* base, int64_t ld, const int64_t* rows,
+                                       int64_t n, int64_t d, double* norms, double* centre) {
+  bool ok = true;
+  for (int64_t i = 0; i < n; ++i) {
+    const T* src = base + rows[i] * ld;
+    norms[i] = std::sqrt(dot_f64(src, src, d));
+    ok = ok && norms[i] > 0 && std::isfinite(norms[i]);
   }
+  int64_t k0 = 0;
+  for (; k0 + 64 <= d; k0 += 64) {
+    double acc[64] = {};
+    for (int64_t i = 0; i < n; ++i) {
+      if (!(norms[i] > 0) || !std::isfinite(norms[i])) continue;
+      const T* src = base + rows[i] * ld + k0;
+      const double inv = 1.0 / norms[i];
+      for (int j = 0; j < 64; ++j) acc[j] += to_double(src[j]) * inv;
+    }
+    __builtin_memcpy(centre + k0, acc, sizeof(acc));
+  }
+  for (; k0 < d; ++k0) {
+    double c = 0.0;
+    for (int64_t i = 0; i < n; ++i)
+      if (norms[i] > 0 && std::isfinite(norms[i]))
+        c += to_double(base[rows[i] * ld + k0]) * (1.0 / norms[i]);
+    centre[k0] = c;
+  }
+  return ok;
+}
+
+// scores[i] = 1 - cos(row i, centre), rounded to a multiple of 2**-20.
+template <typename I, typename T>
+FACENMS_INLINE void centre_scores_impl(const T* base, int64_t ld, const int64_t* rows,
+                                       int64_t n, int64_t d, const double* norms,
+                                       const double* centre, double* scores) {
+  const double cn = std::sqrt(dot_f64(centre, centre, d));
+  for (int64_t i = 0; i < n; ++i) {
+    if (!(cn > n * kNoCentre)) {  // no centre: all tie
+      scores[i] = 1.0;
+      continue;
+    }
+    const double dot = dot_f64(base + rows[i] * ld, centre, d);
+    const double s = 1.0 - dot / (norms[i] * cn);
+    scores[i] = std::nearbyint(s * 1048576.0) / 1048576.0;
+  }
+}
+
+// One version of each per level and element type.
+#define FACENMS_LOAD_IDENTITY(T)                                                            \
+  FACENMS_ISA_VERSIONS(bool, load_identity, load_identity_impl,                             \
+                       (const T* base, int64_t ld, const int64_t* rows, int64_t n,          \
+                        int64_t d, double* norms, double* centre),                          \
+                       (base, ld, rows, n, d, norms, centre))                               \
+  FACENMS_ISA_VERSIONS(void, centre_scores, centre_scores_impl,                             \
+                       (const T* base, int64_t ld, const int64_t* rows, int64_t n,          \
+                        int64_t d, const double* norms, const double* centre,               \
+                        double* scores),                                                    \
+                       (base, ld, rows, n, d, norms, centre, scores))
 FACENMS_LOAD_IDENTITY(float)
 FACENMS_LOAD_IDENTITY(double)
 FACENMS_LOAD_IDENTITY(c10::Half)

@@ -1,10 +1,11 @@
 // The greedy walk of the CPU kernels, shared by facenms::nms and
 // facenms::rank_nms. Per identity, rows are normalised into a float32 scratch
 // block that stays in cache, then walked in rank order. Candidates go four at
-// a time: a 4 x 4 register tile of dot products (four candidates against four
-// kept faces, newest kept first) loads each row chunk once for four products;
-// a candidate leaves the tile as soon as every threshold lane has suppressed
-// it. No similarity matrix is ever stored. Identities run in parallel,
+// a time: a register tile of dot products sized per CPU level (four
+// candidates against four kept faces, newest kept first, on AVX-512; against
+// three on AVX2 and the baseline, whose 16 registers hold no more) loads each
+// row chunk once for several products; a candidate leaves the tile as soon
+// as every threshold lane has suppressed it. No similarity matrix is ever stored. Identities run in parallel,
 // largest first, and while a thread walks one identity it prefetches the rows
 // of its next one, so reading memory overlaps with computing.
 #pragma once
@@ -53,31 +54,36 @@ void unit_row_scaled(const T* src, int64_t d, float* dst) {
 }
 
 // Rows are converted to float32 and, with `unit`, scaled to unit norm (the
-// conversion alone is exact). One cloned function per element type, written
-// out by a macro: GCC 12 does not clone templates.
-#define FACENMS_LOAD_ROWS(T)                                                                     \
-  FACENMS_CLONES void load_rows(const T* base, int64_t ld, const int64_t* rows, int64_t n,       \
-                                int64_t d, float* dst, bool unit = true) {                       \
-    const int64_t d16 = d & ~int64_t(15);                                                        \
-    for (int64_t i = 0; i < n; ++i, dst += d) {                                                  \
-      const T* src = base + rows[i] * ld;                                                        \
-      float inv = 1.f;                                                                           \
-      if (unit) {                                                                                \
-        const float ss = sumsq_f32(src, d);                                                      \
-        if (!(ss >= 0x1p-100f && ss <= 0x1p100f)) { /* squares near under/overflow */            \
-          unit_row_scaled(src, d, dst);                                                          \
-          continue;                                                                              \
-        }                                                                                        \
-        inv = 1.f / std::sqrt(ss);                                                               \
-      }                                                                                          \
-      int64_t k = 0;                                                                             \
-      for (; k < d16; k += 16) {                                                                 \
-        const v16 v = load16(src + k) * inv;                                                     \
-        __builtin_memcpy(dst + k, &v, sizeof(v));                                                \
-      }                                                                                          \
-      for (; k < d; ++k) dst[k] = to_float(src[k]) * inv;                                        \
-    }                                                                                            \
+// conversion alone is exact). One version per level and element type.
+template <typename I, typename T>
+FACENMS_INLINE void load_rows_impl(const T* base, int64_t ld, const int64_t* rows, int64_t n,
+                                   int64_t d, float* dst, bool unit) {
+  constexpr int W = I::W;
+  const int64_t dw = d & ~int64_t(W - 1);
+  for (int64_t i = 0; i < n; ++i, dst += d) {
+    const T* src = base + rows[i] * ld;
+    float inv = 1.f;
+    if (unit) {
+      const float ss = sumsq_f32<W>(src, d);
+      if (!(ss >= 0x1p-100f && ss <= 0x1p100f)) {  // squares near under/overflow
+        unit_row_scaled(src, d, dst);
+        continue;
+      }
+      inv = 1.f / std::sqrt(ss);
+    }
+    int64_t k = 0;
+    for (; k < dw; k += W) {
+      const typename Vec<W>::f v = loadv<W>(src + k) * inv;
+      __builtin_memcpy(dst + k, &v, sizeof(v));
+    }
+    for (; k < d; ++k) dst[k] = to_float(src[k]) * inv;
   }
+}
+#define FACENMS_LOAD_ROWS(T)                                                              \
+  FACENMS_ISA_VERSIONS(void, load_rows, load_rows_impl,                                   \
+                       (const T* base, int64_t ld, const int64_t* rows, int64_t n,        \
+                        int64_t d, float* dst, bool unit = true),                         \
+                       (base, ld, rows, n, d, dst, unit))
 FACENMS_LOAD_ROWS(float)
 FACENMS_LOAD_ROWS(double)
 FACENMS_LOAD_ROWS(c10::Half)
@@ -103,42 +109,48 @@ struct Prefetcher {
   }
 };
 
-// s[r][u] = <q[r], k[u]> for R candidates and four kept rows: 4R products
-// from R + 4 loads per chunk. Every pair's arithmetic is the same whatever R
-// is, so a similarity never depends on which tile computed it.
-template <int R>
+// s[r][u] = <q[r], k[u]> for R candidates and U kept rows: R * U products
+// from R + U loads per chunk of W floats, the level's register tile (I).
+// Every pair's arithmetic is the same whatever R is, so a similarity never
+// depends on which tile computed it.
+template <typename I, int R>
 FACENMS_INLINE void tile(const float* const* q, const float* const* k, int64_t d,
-                         float (*s)[4]) {
-  const int64_t d16 = d & ~int64_t(15);
-  v16 acc[R][4];
+                         float (*s)[I::U]) {
+  constexpr int W = I::W, U = I::U;
+  using V = typename Vec<W>::f;
+  const int64_t dw = d & ~int64_t(W - 1);
+  V acc[R][U];
   for (int r = 0; r < R; ++r)
-    for (int u = 0; u < 4; ++u) acc[r][u] = v16{};
-  for (int64_t c = 0; c < d16; c += 16) {
-    const v16 k0 = load16(k[0] + c), k1 = load16(k[1] + c), k2 = load16(k[2] + c),
-              k3 = load16(k[3] + c);
+    for (int u = 0; u < U; ++u) acc[r][u] = V{};
+  for (int64_t c = 0; c < dw; c += W) {
+    V kc[U];
+    for (int u = 0; u < U; ++u) kc[u] = loadv<W>(k[u] + c);
     for (int r = 0; r < R; ++r) {
-      const v16 v = load16(q[r] + c);
-      acc[r][0] += v * k0;
-      acc[r][1] += v * k1;
-      acc[r][2] += v * k2;
-      acc[r][3] += v * k3;
+      const V v = loadv<W>(q[r] + c);
+      for (int u = 0; u < U; ++u) acc[r][u] += v * kc[u];
     }
   }
-  for (int r = 0; r < R; ++r) hsum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3], s[r]);
-  if (d16 < d)
+  for (int r = 0; r < R; ++r) {
+    if constexpr (W == 16 && U == 4) {
+      hsum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3], s[r]);
+    } else {
+      for (int u = 0; u < U; ++u) s[r][u] = hsum<W>(acc[r][u]);
+    }
+  }
+  if (dw < d)
     for (int r = 0; r < R; ++r)
-      for (int u = 0; u < 4; ++u)
-        for (int64_t c = d16; c < d; ++c) s[r][u] += q[r][c] * k[u][c];
+      for (int u = 0; u < U; ++u)
+        for (int64_t c = dw; c < d; ++c) s[r][u] += q[r][c] * k[u][c];
 }
 
+// tile<I, r> for 1 <= r <= R.
+template <typename I, int R = I::B>
 FACENMS_INLINE void tile_n(int r, const float* const* q, const float* const* k, int64_t d,
-                           float (*s)[4]) {
-  switch (r) {
-    case 1: tile<1>(q, k, d, s); break;
-    case 2: tile<2>(q, k, d, s); break;
-    case 3: tile<3>(q, k, d, s); break;
-    default: tile<4>(q, k, d, s); break;
+                           float (*s)[I::U]) {
+  if constexpr (R > 1) {
+    if (r < R) return tile_n<I, R - 1>(r, q, k, d, s);
   }
+  tile<I, R>(q, k, d, s);
 }
 
 // alive &= the lanes in which a kept face with lanes `kept_bits` at
@@ -150,12 +162,15 @@ FACENMS_INLINE void suppress(uint64_t& alive, uint64_t kept_bits, float s, const
 
 // Greedy walk of one identity: y holds its n unit rows in rank order.
 // bits[i] gets the lanes in which face i is kept; `kept` is scratch.
-FACENMS_CLONES void walk(const float* y, int64_t n, int64_t d, const double* thr, int lanes,
-                         uint64_t* bits, int64_t* kept, Prefetcher& pf) {
-  constexpr int B = 4;
+// Candidates go B at a time against the kept faces U at a time.
+template <typename I>
+FACENMS_INLINE void walk_impl(const float* y, int64_t n, int64_t d, const double* thr,
+                              int lanes, uint64_t* bits, int64_t* kept, Prefetcher& pf) {
+  constexpr int B = I::B, U = I::U;
+  static_assert(U >= B - 1, "the within-block tile needs B - 1 kept slots");
   const uint64_t all = all_lanes(lanes);
   int64_t nk = 0;  // faces kept in at least one lane: the only possible suppressors
-  float s[B][4];
+  float s[B][U];
   for (int64_t i0 = 0; i0 < n; i0 += B) {
     const int nb = n - i0 < B ? (int)(n - i0) : B;
     uint64_t alive[B];
@@ -164,11 +179,11 @@ FACENMS_CLONES void walk(const float* y, int64_t n, int64_t d, const double* thr
     // Against the faces kept before the block, newest first: a near-duplicate
     // sits next to its original in rank order, so it leaves early.
     for (int64_t j = nk; j > 0 && na > 0;) {
-      const int m = j < 4 ? (int)j : 4;  // a short last group repeats a row
-      const float *k[4], *q[B];
-      for (int u = 0; u < 4; ++u) k[u] = y + kept[j - 1 - (u < m ? u : 0)] * d;
+      const int m = j < U ? (int)j : U;  // a short last group repeats a row
+      const float *k[U], *q[B];
+      for (int u = 0; u < U; ++u) k[u] = y + kept[j - 1 - (u < m ? u : 0)] * d;
       for (int r = 0; r < na; ++r) q[r] = y + (i0 + act[r]) * d;
-      tile_n(na, q, k, d, s);
+      tile_n<I>(na, q, k, d, s);
       pf.step();
       int w = 0;
       for (int r = 0; r < na; ++r) {
@@ -181,12 +196,12 @@ FACENMS_CLONES void walk(const float* y, int64_t n, int64_t d, const double* thr
     }
     // Within the block: candidate b against the block's faces 0..b-1, in order.
     if (na > 0 && (na > 1 || act[0] > 0)) {
-      const float *k[4], *q[B];
-      for (int u = 0; u < 4; ++u) k[u] = y + (i0 + (u < nb - 1 ? u : 0)) * d;
+      const float *k[U], *q[B];
+      for (int u = 0; u < U; ++u) k[u] = y + (i0 + (u < nb - 1 ? u : 0)) * d;
       int r = 0;
       for (int t = 0; t < na; ++t)
         if (act[t] > 0) q[r++] = y + (i0 + act[t]) * d;
-      tile_n(r, q, k, d, s);
+      tile_n<I>(r, q, k, d, s);
       for (int t = 0, r2 = 0; t < na; ++t) {
         if (act[t] == 0) continue;
         for (int c = 0; c < act[t]; ++c) suppress(alive[act[t]], alive[c], s[r2][c], thr, lanes);
@@ -199,6 +214,10 @@ FACENMS_CLONES void walk(const float* y, int64_t n, int64_t d, const double* thr
     }
   }
 }
+FACENMS_ISA_VERSIONS(void, walk, walk_impl,
+                     (const float* y, int64_t n, int64_t d, const double* thr, int lanes,
+                      uint64_t* bits, int64_t* kept, Prefetcher& pf),
+                     (y, n, d, thr, lanes, bits, kept, pf))
 
 // Lanes that kept fewer than `need` faces take back their best-ranked
 // suppressed faces; then counts[j] += kept faces in lane j.
@@ -253,6 +272,7 @@ template <typename T, typename Load>
 void walk_identities(const Tensor& x, const int64_t* order, const int64_t* offsets,
                      int64_t n_ident, const double* thr, bool per_identity, int lanes,
                      int64_t min_keep, uint64_t* bits, int64_t* counts, Load load) {
+  check_cpu_isa();
   const int64_t d = x.size(1);
   const int64_t torch_threads = torch::stable::get_num_threads();
   const int threads = std::max<int64_t>(1, std::min<int64_t>(torch_threads, n_ident));

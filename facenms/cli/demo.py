@@ -41,14 +41,19 @@ def add(sub):
 def pipeline_part(work):
     """The whole pipeline on a small generated RecordIO dataset."""
     from ..data import open_dataset, synthetic
-    from ..pipeline.run import run as run_config
+    from ..pipeline.run import STAGES, run as run_config
     data = os.path.join(work, "data")
     if not os.path.exists(os.path.join(data, "train.rec")):
         synthetic.make_recordio(data, num_identities=40, images_per_identity=(6, 14), size=32)
     print("facenms demo, part 1: the pipeline on a generated insightface RecordIO set in %s"
           % data, flush=True)
     cfg = dict(DEMO_CONFIG, data=dict(dataset=data, work_dir=os.path.join(work, "work")))
-    paths = run_config(cfg, progress=progress())
+    times = []
+    for stage in [st for st in STAGES if st in ("proxy", "extract", "select") or cfg.get(st)]:
+        t = time.perf_counter()
+        paths = run_config(cfg, stages=(stage,), progress=progress())
+        times.append("%s %.1f s" % (stage, time.perf_counter() - t))
+    print("  stage times: " + ", ".join(times), flush=True)
     src, core = open_dataset(data), open_dataset(paths["export"])
     keep = np.load(paths["keep"])
     ok = len(core) == len(keep) and all(

@@ -13,7 +13,9 @@ def add(sub):
                    "beside --out)")
     x.add_argument("--batch-size", type=positive_int, help="faces per forward pass (default 256)")
     x.add_argument("--workers", type=int, help="DataLoader processes (default: from the cores)")
-    x.add_argument("--amp", choices=["bf16", "fp16", "none"], default="bf16")
+    x.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"], default="auto",
+                   help="autocast precision (default auto: bf16 where the device computes "
+                   "it natively, fp16 on CUDA without bf16, else fp32)")
     x.add_argument("--flip", action="store_true", help="add the mirrored face's embedding")
     x.add_argument("--input-size", type=positive_int,
                    help="resize faces to this square size (default: the model's own)")

@@ -18,7 +18,9 @@ def add(sub):
     t.add_argument("--epochs", type=int, help="default 10")
     t.add_argument("--batch-size", type=int, help="per process")
     t.add_argument("--lr", type=float, help="peak SGD learning rate (default 0.1)")
-    t.add_argument("--amp", choices=["bf16", "fp16", "none"], default="bf16")
+    t.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"], default="auto",
+                   help="autocast precision (default auto: bf16 where the device computes "
+                   "it natively, fp16 on CUDA without bf16, else fp32)")
     t.add_argument("--workers", type=int, help="DataLoader processes (default: from the cores)")
     t.add_argument("--device", help="e.g. cuda, cpu (default: cuda when available)")
     t.add_argument("--no-resume", action="store_true", help="start over")

@@ -105,7 +105,8 @@ def _load_cuda(build):
 
 
 def load():
-    """The build info of facenms._C (loading it on the first call); ImportError if unusable."""
+    """The build info of facenms._C (loading it on the first call); ImportError if unusable,
+    which includes FACENMS_CPU_ISA asking for a clone this CPU cannot run."""
     if "info" not in _state:
         if "error" not in _state:
             try:
@@ -114,6 +115,8 @@ def load():
                 _state["error"] = e
         if "error" in _state:
             raise ImportError(str(_state["error"])) from _state["error"].__cause__
+    if "cpu_isa_error" in _state["info"]:
+        raise ImportError(_state["info"]["cpu_isa_error"])
     return _state["info"]
 
 
@@ -122,13 +125,18 @@ def build_info():
 
     Works without a usable extension too: then ``error`` says why (and the
     recorded build, if any, says against which torch it was built).
+    ``cpu_isa`` is the clone of the CPU kernels in use (the best this CPU runs,
+    or FACENMS_CPU_ISA's), ``cpu_isa_supported`` the ones it can run.
     """
     try:
         info = dict(load())
     except ImportError as e:
-        info = {"error": str(e).splitlines()[0]}
-        for k, v in built().items():
-            info.setdefault(k if k != "cuda" else "cuda_built", v)
+        if "info" in _state:  # FACENMS_CPU_ISA refused: the library itself loaded
+            info = dict(_state["info"], error=str(e))
+        else:
+            info = {"error": str(e).splitlines()[0]}
+            for k, v in built().items():
+                info.setdefault(k if k != "cuda" else "cuda_built", v)
     # cuda: CUDA kernels compiled in and loaded by this torch
     info["cuda"] = info.get("cuda_library") == "loaded"
     info["cuda_kernels_registered"] = "error" not in info and \

@@ -38,6 +38,7 @@ from ..io.progress import progress_bar
 from ..scale.dist import join
 from . import runtime as rt
 from .embedders import load_model
+from .precision import check_amp, describe, resolve_amp
 
 FORMAT = "facenms-features/2"
 MARK = struct.Struct("<4sI")  # b"done", CRC-32 of the batch's row bytes; zeros: to do
@@ -239,14 +240,16 @@ def _on_all_ranks(d, fn):
     return out[0]
 
 
-def extract(dataset, model, out_path, *, batch_size=256, workers=None, amp="bf16", flip=False,
+def extract(dataset, model, out_path, *, batch_size=256, workers=None, amp="auto", flip=False,
             device=None, input_size=None, mean=127.5, std=127.5, channel_order="rgb",
             labels_path=None, resume=True, progress=True, sync_every=10.0, pin_memory=None):
     """Embeds every face of ``dataset`` with ``model`` into ``out_path`` (N x d
     float16 .npy, rows L2-normalised) and its labels into ``labels_path``
     (default: labels.npy beside); returns ``out_path``.
 
-    ``amp``: "bf16" / "fp16" autocast or None; ``flip``: add the embedding of
+    ``amp``: "auto" (bf16 where the device computes it natively, fp16 on a
+    CUDA device without bf16, else fp32), "bf16" / "fp16" autocast or None;
+    the precision it resolves to is the one recorded; ``flip``: add the embedding of
     the mirrored face; ``input_size``: resize faces to this square size
     (default: the model's own when it states one, else the images' size);
     ``mean``/``std``: pixel normalisation (x - mean) / std, one number or one
@@ -270,13 +273,14 @@ def extract(dataset, model, out_path, *, batch_size=256, workers=None, amp="bf16
     if channel_order not in rt.CHANNEL_ORDERS:
         raise ValueError("channel_order must be 'rgb' or 'bgr', got %r" % (channel_order,))
     mean, std = rt.per_channel(mean, "mean"), rt.per_channel(std, "std")
-    rt.autocast("cpu", amp)  # validates amp
+    amp = check_amp(amp)
     ds = rt.open_dataset(dataset)
     labels = rt.dataset_labels(ds)
     n = len(labels)
     if n == 0:
         raise ValueError("the dataset has no faces")
     d, dev = join(device)
+    amp = resolve_amp(amp, dev, "extract")
     net = load_model(model, dev)
     first = rt.IndexedFaces(ds)[0][0][None]
     size = input_size or net.input_size
@@ -451,7 +455,7 @@ def _run(ds, faces, labels, net, config, prep, out_path, labels_path, d, dev, wo
     _on_all_ranks(d, finish)
     if d.main:
         print("extract: %d faces x %d dims float16 with %s (%s%s, %d rank%s)%s; %.1f s (%s) -> %s"
-              % (n, config["dim"], net.desc, "amp %s" % config["amp"],
+              % (n, config["dim"], net.desc, describe(config["amp"]),
                  ", flip-sum" if config["flip"] else "", d.world, "s" if d.world > 1 else "",
                  "; resumed with %d of %d batches done" % (was_done, n_batches)
                  if was_done else "", time.time() - t0, timer, p["out"]), flush=True)

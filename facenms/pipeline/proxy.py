@@ -26,6 +26,7 @@ from ..io.progress import progress_bar
 from ..models import get_head, get_model
 from ..scale.dist import join
 from . import runtime as rt
+from .precision import check_amp, describe, resolve_amp
 
 FORMAT = "facenms-proxy/1"
 CHECKPOINT = "proxy.pt"
@@ -134,9 +135,9 @@ def _check_resumable(ck, config, path):
 
 def _summary(config, ck_path, history, n_faces, n_classes, seconds=None, trained=True):
     first, last = history[0], history[-1]
-    head = "proxy: %s+%s on %d faces of %d identities (%g%% of the %s, seed %d)" % (
+    head = "proxy: %s+%s on %d faces of %d identities (%g%% of the %s, seed %d, %s)" % (
         config["backbone"], config["head"], n_faces, n_classes, 100 * config["fraction"],
-        config["subset"], config["seed"])
+        config["subset"], config["seed"], describe(config.get("amp")))
     body = "loss %.4f -> %.4f (epoch %d -> %d of %d)" % (
         first["loss"], last["loss"], first["epoch"], last["epoch"], config["epochs"])
     tail = ("%.1f s" % seconds) if trained else "already trained"
@@ -147,14 +148,16 @@ def train_proxy(dataset, out_dir, *, subset="identities", fraction=0.1, seed=0,
                 backbone="iresnet18", head="arcface", embedding_size=512, input_size=112,
                 epochs=10, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4,
                 schedule="cosine", warmup_epochs=0.0, scale=64.0, margin=None,
-                model_kwargs=None, amp="bf16", workers=None, resume=True, log_every=50,
+                model_kwargs=None, amp="auto", workers=None, resume=True, log_every=50,
                 device=None, progress=True, clip_grad=5.0):
     """Trains a proxy model and returns the path of its checkpoint
     (``out_dir/proxy.pt``). ``dataset``: a path for facenms.data.open_dataset
     or a FaceDataset. ``batch_size`` is per process; under torchrun every rank
     trains on its share (DistributedSampler) and rank 0 writes the checkpoint.
     With ``resume`` a finished checkpoint is returned as is and an unfinished
-    one is continued from its last epoch. ``amp``: "bf16", "fp16" (with a
+    one is continued from its last epoch. ``amp``: "auto" (bf16 where the device
+    computes it natively, fp16 on a CUDA device without bf16, else fp32;
+    the checkpoint records what it resolved to), "bf16", "fp16" (with a
     GradScaler) or None. ``workers``: DataLoader processes (default: from the
     device and the core count, see ``runtime.default_workers``)."""
     t0 = time.time()
@@ -163,10 +166,11 @@ def train_proxy(dataset, out_dir, *, subset="identities", fraction=0.1, seed=0,
     if epochs < 1 or batch_size < 2:
         raise ValueError("need epochs >= 1 and batch_size >= 2 (BatchNorm), got %r, %r"
                          % (epochs, batch_size))
-    rt.autocast("cpu", amp)  # validates amp
+    amp = check_amp(amp)
     ds = rt.open_dataset(dataset)
     labels = rt.dataset_labels(ds)
     d, dev = join(device)
+    amp = resolve_amp(amp, dev, "train-proxy")
     if workers is None:
         workers = rt.default_workers(dev)
     config = dict(
