@@ -3,7 +3,6 @@ loads from disk, the console stays clean, nothing is fetched from a network, the
 works, and a 1280x800 screenshot is saved ($FACENMS_ARTIFACTS, default tests/artifacts/).
 Skips, with the reason, where Chromium or chromedriver is missing."""
 import os
-import shutil
 
 import numpy as np
 import pytest
