@@ -3,7 +3,6 @@ loads from disk, the console stays clean, nothing is fetched from a network, the
 works, and a 1280x800 screenshot is saved ($FACENMS_ARTIFACTS, default tests/artifacts/).
 Skips, with the reason, where Chromium or chromedriver is missing."""
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -114,3 +113,16 @@ def test_filter(browser, page):
     browser.clear("#filter")  # clear fires no input event: the count may lag; typing does not
     browser.type("#filter", " ")
     assert browser.js(VISIBLE) == every
+
+
+def test_readable_with_javascript_off(page):
+    index, _ = page
+    b = Browser(*TOOLS, size=(1280, 800), scripts=False)
+    try:
+        _load(b, index)
+        assert b.js("return document.getElementById('filtercount').textContent") == ""
+        assert b.js("return document.getElementById('filterbox').hidden") is True
+        assert len(b.js(VISIBLE)) >= 5  # every gallery shown, no control that cannot work
+        assert [src for src, w, _ in b.js(IMAGES) if not w] == []
+    finally:
+        b.close()

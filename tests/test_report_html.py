@@ -254,3 +254,26 @@ def test_cli(tmp_path, faces, capsys):
     np.save(tmp_path / "k.npy", keep[keep < len(labels) - 1])
     with pytest.raises(SystemExit, match="facenms report: error: the dataset .* has"):
         cli.main(argv)
+
+
+def test_rows_in_another_order_than_the_dataset(tmp_path, faces):
+    """Features sorted away from the dataset's order (sort-features): each thumbnail is the
+    image of its row's dataset position."""
+    _, ds, x, labels, keep, _ = faces
+    perm = np.random.default_rng(0).permutation(len(labels))  # row r is dataset face perm[r]
+    where = np.empty_like(perm)
+    where[perm] = np.arange(len(perm))
+    out = tmp_path / "r"
+    write_report(out, x[perm], labels[perm], np.sort(where[keep]), threshold=T, dataset=ds,
+                 dataset_index=perm, sample_pairs=500)
+    page = Page(_page({"index": str(out / "index.html")}))
+    kept = set(keep.tolist())
+    faces = [i for i in page.imgs if i["src"].startswith("thumbs/")]
+    assert len(faces) > 20
+    for im in faces:  # the face named is the dataset's, with the dataset's label and fate
+        i, lab = map(int, re.match(r"face (\d+) \(label (\d+)\)", im["alt"]).groups())
+        assert im["src"] == "thumbs/%d.jpg" % i and lab == ds.labels[i]
+        if im["alt"].endswith(", kept") or "kept, suppressed it" in im["alt"]:
+            assert i in kept
+        elif "suppressed" in im["alt"]:
+            assert i not in kept

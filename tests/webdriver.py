@@ -33,7 +33,7 @@ def _free_port():
 class Browser:
     """One headless Chromium session: Browser(browser, driver, (1280, 800))."""
 
-    def __init__(self, browser, driver, size=(1280, 800), timeout=60):
+    def __init__(self, browser, driver, size=(1280, 800), timeout=60, scripts=True):
         self.port = _free_port()
         self.proc = subprocess.Popen([driver, "--port=%d" % self.port],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -42,7 +42,8 @@ class Browser:
         try:
             self._wait_ready()
             args = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                    "--window-size=%d,%d" % size, "--hide-scrollbars"]
+                    "--window-size=%d,%d" % size, "--hide-scrollbars"] + (
+                [] if scripts else ["--blink-settings=scriptEnabled=false"])
             caps = {"browserName": "chrome", "goog:loggingPrefs": {"browser": "ALL"},
                     "goog:chromeOptions": {"binary": browser, "args": args}}
             r = self._call("POST", "/session", {"capabilities": {"alwaysMatch": caps}})

@@ -32,11 +32,16 @@ def run(args):
                 keep.min() < 0 or keep.max() >= len(perm)):
             raise CommandError("keep has indices outside [0, %d)" % len(perm))
         keep = np.sort(where[keep]) if keep.ndim == 1 and keep.dtype.kind in "iu" else keep
+    issues = args.label_issues
+    if perm is not None and issues is not None:  # like keep: dataset positions -> rows
+        from ..pipeline.html_report import load_label_issues
+        issues = load_label_issues(issues, labels[where])
+        issues["index"] = where[issues["index"]]
     info = _info(args.info)
     threshold = args.threshold if args.threshold is not None else (info or {}).get("threshold")
     paths = write_report(args.out, feats, labels, keep, threshold=threshold,
                          sample_pairs=args.sample_pairs, dataset=args.dataset,
-                         dataset_index=perm, label_issues=args.label_issues, info=info,
+                         dataset_index=perm, label_issues=issues, info=info,
                          identities=args.identity or (), rank=args.rank, seed=args.seed,
                          max_thumbnails=args.max_thumbnails,
                          max_bytes=parse_bytes(args.max_bytes))

@@ -14,11 +14,13 @@ import os
 
 import numpy as np
 
+from ..io import check_not_inputs
 from . import gallery
 from .html_page import render_page
 from .thumbs import make_thumbnails
 
-__all__ = ["load_label_issues", "write_page", "MAX_THUMBNAILS", "MAX_BYTES"]
+__all__ = ["load_label_issues", "check_page_inputs", "page_summary", "write_page",
+           "MAX_THUMBNAILS", "MAX_BYTES"]
 
 MAX_THUMBNAILS = 2000
 MAX_BYTES = 20 << 20
@@ -85,6 +87,67 @@ def load_label_issues(issues, labels):
     return out
 
 
+def check_page_inputs(out_dir, features, labels, *, dataset, dataset_index, label_issues,
+                      rank, scores, outputs):
+    """The dataset (opened), its row map and the label issues, checked before any write."""
+    n = len(labels)
+    if rank not in (None, "sparsity", "centrality", "random", "scores"):
+        raise ValueError("rank must be sparsity, centrality, random or scores, got %r"
+                         % (rank,))
+    if (rank == "scores") != (scores is not None) and rank is not None:
+        raise ValueError("rank='scores' and scores= go together")
+    if scores is not None and np.shape(scores) != (n,):
+        raise ValueError("scores must hold one value per face (%d), got shape %s"
+                         % (n, np.shape(scores)))
+    if isinstance(dataset, (str, os.PathLike)):
+        from ..data import open_dataset
+        dataset = open_dataset(os.fspath(dataset))
+    if dataset_index is not None:
+        dataset_index = np.asarray(dataset_index).reshape(-1)
+        if len(dataset_index) != n:
+            raise ValueError("dataset_index has %d entries for %d faces"
+                             % (len(dataset_index), n))
+    if dataset is not None:
+        if dataset_index is None and len(dataset) != n:
+            raise ValueError("the dataset %s has %d faces but the features have %d rows; "
+                             "give the dataset the features were extracted from"
+                             % (_name(dataset), len(dataset), n))
+        if dataset_index is not None and len(dataset_index) and (
+                dataset_index.min() < 0 or dataset_index.max() >= len(dataset)):
+            raise ValueError("dataset_index points outside the dataset's %d faces"
+                             % len(dataset))
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError("%s: the report's output must be a folder, and this is a file"
+                         % os.fspath(out_dir))
+    inputs = [getattr(features, "filename", None)] + (
+        [os.fspath(label_issues)] if isinstance(label_issues, (str, os.PathLike)) else [])
+    check_not_inputs(outputs, inputs + (list(dataset.files()) if dataset is not None else []),
+                     list(dataset.trees()) if dataset is not None else [])
+    return dataset, dataset_index, load_label_issues(label_issues, labels)
+
+
+def _name(dataset):
+    files = list(dataset.files()) + list(dataset.trees())
+    return files[0] if files else repr(dataset)
+
+
+def page_summary(n, n_keep, threshold, faces_per, kept_per, *, info, issues, kept):
+    """[(name, value)] for the page's summary table."""
+    get = (lambda k: info.get(k)) if isinstance(info, dict) else \
+        (lambda k: getattr(info, k, None))
+    passes = get("passes") if info is not None else None
+    rows = [("faces", n), ("identities", len(faces_per)),
+            ("kept", "%d (%.2f%%)" % (n_keep, 100 * n_keep / max(1, n))),
+            ("threshold", "%.4f" % threshold if threshold is not None else "not given"),
+            ("passes", passes if passes is not None else "not recorded"),
+            ("identities with no face kept", int((kept_per == 0).sum()))]
+    if issues is not None:
+        flagged = issues["index"]
+        rows.append(("label issues", "%d flagged, %d of them dropped (not kept)" % (
+            len(flagged), int((~kept[flagged]).sum()))))
+    return rows
+
+
 def _priority(galleries, issues):
     """Rows in the order the budget admits them: named identities, label issues, the rest."""
     def rows_of(g):
@@ -126,7 +189,7 @@ def plan(features, labels, kept_mask, issues, *, identities=(), sample=(6, 6, 12
     return gals, shown, note
 
 
-def write_page(out, out_dir, features, labels, kept_mask, summary, plots, *, dataset=None,
+def write_page(out, out_dir, features, labels, kept_mask, *, summary, plots, dataset=None,
                dataset_index=None, issues=None, identities=(), sample=(6, 6, 12), seed=0,
                rank="sparsity", scores=None, threshold=None, max_thumbnails=MAX_THUMBNAILS,
                max_bytes=MAX_BYTES, plot_bytes=0, workers=None):

@@ -26,8 +26,8 @@ import os
 
 import numpy as np
 
-from ..io import AtomicFiles, check_not_inputs
-from .html_report import MAX_BYTES, MAX_THUMBNAILS, load_label_issues, write_page
+from ..io import AtomicFiles
+from .html_report import MAX_BYTES, MAX_THUMBNAILS, check_page_inputs, page_summary, write_page
 
 __all__ = ["write_report"]
 
@@ -122,8 +122,10 @@ def write_report(out_dir, features, labels, keep, *, threshold=None, eval_result
     max_thumbnails, max_bytes: the page's bounds.
     """
     features, labels, keep = _check(features, labels, keep, threshold)
-    dataset, dataset_index, issues = _check_page_inputs(
-        out_dir, features, labels, dataset, dataset_index, label_issues, rank, scores)
+    dataset, dataset_index, issues = check_page_inputs(
+        out_dir, features, labels, dataset=dataset, dataset_index=dataset_index,
+        label_issues=label_issues, rank=rank, scores=scores,
+        outputs=[os.path.join(out_dir, f) for f in OUTPUT_NAMES])
     missing = np.setdiff1d(np.asarray(identities, dtype=labels.dtype), labels)
     if len(missing):
         raise ValueError("identity %r is not among the labels" % (missing[0].item(),))
@@ -142,10 +144,10 @@ def write_report(out_dir, features, labels, keep, *, threshold=None, eval_result
         lines += ["## Plots", ""] + ["![%s](%s)" % (k, os.path.basename(v))
                                       for k, v in paths.items()] + [""]
         paths["index"], shown = write_page(
-            out, out_dir, features, labels, kept,
-            page_summary(n, len(keep), threshold, faces_per, kept_per, info, issues, kept),
-            plots, dataset=dataset, dataset_index=dataset_index, issues=issues,
-            identities=identities, sample=sample, seed=seed, rank=rank or "sparsity",
+            out, out_dir, features, labels, kept, summary=page_summary(
+                n, len(keep), threshold, faces_per, kept_per, info=info, issues=issues,
+                kept=kept), plots=plots, dataset=dataset, dataset_index=dataset_index,
+            issues=issues, identities=identities, sample=sample, seed=seed, rank=rank or "sparsity",
             scores=scores, threshold=threshold, max_thumbnails=max_thumbnails,
             max_bytes=max_bytes, plot_bytes=sum(sizes.values()), workers=workers)
         paths["report"] = os.path.join(out_dir, "report.md")
@@ -223,68 +225,6 @@ def _check(features, labels, keep, threshold):
     if threshold is not None and not -1 <= float(threshold) <= 1:
         raise ValueError("threshold must be in [-1, 1], got %r" % (threshold,))
     return features, labels, keep
-
-
-def _check_page_inputs(out_dir, features, labels, dataset, dataset_index, label_issues,
-                       rank, scores):
-    """The dataset (opened), its row map and the label issues, checked before any write."""
-    n = len(labels)
-    if rank not in (None, "sparsity", "centrality", "random", "scores"):
-        raise ValueError("rank must be sparsity, centrality, random or scores, got %r"
-                         % (rank,))
-    if (rank == "scores") != (scores is not None) and rank is not None:
-        raise ValueError("rank='scores' and scores= go together")
-    if scores is not None and np.shape(scores) != (n,):
-        raise ValueError("scores must hold one value per face (%d), got shape %s"
-                         % (n, np.shape(scores)))
-    if isinstance(dataset, (str, os.PathLike)):
-        from ..data import open_dataset
-        dataset = open_dataset(os.fspath(dataset))
-    if dataset_index is not None:
-        dataset_index = np.asarray(dataset_index).reshape(-1)
-        if len(dataset_index) != n:
-            raise ValueError("dataset_index has %d entries for %d faces"
-                             % (len(dataset_index), n))
-    if dataset is not None:
-        if dataset_index is None and len(dataset) != n:
-            raise ValueError("the dataset %s has %d faces but the features have %d rows; "
-                             "give the dataset the features were extracted from"
-                             % (_name(dataset), len(dataset), n))
-        if dataset_index is not None and len(dataset_index) and (
-                dataset_index.min() < 0 or dataset_index.max() >= len(dataset)):
-            raise ValueError("dataset_index points outside the dataset's %d faces"
-                             % len(dataset))
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise ValueError("%s: the report's output must be a folder, and this is a file"
-                         % os.fspath(out_dir))
-    outputs = [os.path.join(out_dir, f) for f in OUTPUT_NAMES]
-    inputs = [getattr(features, "filename", None)] + (
-        [os.fspath(label_issues)] if isinstance(label_issues, (str, os.PathLike)) else [])
-    check_not_inputs(outputs, inputs + (list(dataset.files()) if dataset is not None else []),
-                     list(dataset.trees()) if dataset is not None else [])
-    return dataset, dataset_index, load_label_issues(label_issues, labels)
-
-
-def _name(dataset):
-    files = list(dataset.files()) + list(dataset.trees())
-    return files[0] if files else repr(dataset)
-
-
-def page_summary(n, n_keep, threshold, faces_per, kept_per, info, issues, kept):
-    """[(name, value)] for the page's summary table."""
-    get = (lambda k: info.get(k)) if isinstance(info, dict) else \
-        (lambda k: getattr(info, k, None))
-    passes = get("passes") if info is not None else None
-    rows = [("faces", n), ("identities", len(faces_per)),
-            ("kept", "%d (%.2f%%)" % (n_keep, 100 * n_keep / max(1, n))),
-            ("threshold", "%.4f" % threshold if threshold is not None else "not given"),
-            ("passes", passes if passes is not None else "not recorded"),
-            ("identities with no face kept", int((kept_per == 0).sum()))]
-    if issues is not None:
-        flagged = issues["index"]
-        rows.append(("label issues", "%d flagged, %d of them dropped (not kept)" % (
-            len(flagged), int((~kept[flagged]).sum()))))
-    return rows
 
 
 def _summary(n, n_keep, threshold, faces_per, kept_per):
