@@ -180,3 +180,18 @@ def load(path, *, mmap: bool = False, what: str = "array", kind: Optional[str] =
     if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
     return arr
+
+
+def load_features(path, mmap: bool = True) -> np.ndarray:
+    """(N, d) float16/32/64 features (memory-mapped by default)."""
+    return load(path, mmap=mmap, what="features", kind="float", ndim=2)
+
+
+def load_labels(path) -> np.ndarray:
+    """(N,) integer labels."""
+    return load(path, what="labels", kind="int", ndim=1)
+
+
+def load_indices(path, what: str = "keep") -> np.ndarray:
+    """(k,) integer indices (their range is the caller's to check)."""
+    return load(path, what=what, kind="int", ndim=1)

@@ -33,9 +33,7 @@ import json
 import os
 import time
 
-import numpy as np
-
-from ..io import file_identity
+from ..io import file_identity, load_features, load_indices, load_labels
 from ..scale.dist import is_main
 from .runtime import read_json, write_json
 
@@ -151,8 +149,8 @@ def _select(cfg, paths, progress):
     if _up_to_date(paths["select_info"], stamp, [paths["keep"]]):
         _log("select", "already done: %s" % paths["keep"])
         return
-    feats = np.load(paths["features"], mmap_mode="r")
-    labels = np.load(paths["labels"])
+    feats = load_features(paths["features"])
+    labels = load_labels(paths["labels"])
     keep, info = select(feats, labels, return_info=True, progress=progress, **sel)
     save_indices(paths["keep"], keep)
     stamp = _stamp(sel, {"features": paths["features"], "labels": paths["labels"]},
@@ -175,7 +173,7 @@ def _export(cfg, ds, work, paths):
     if _up_to_date(paths["export_info"], stamp, [out]):
         _log("export", "already done: %s" % out)
         return
-    keep = np.load(paths["keep"])
+    keep = load_indices(paths["keep"])
     if fmt == "npy":
         ex.save_indices(out, keep)
     elif fmt == "folder":
@@ -190,7 +188,7 @@ def _export(cfg, ds, work, paths):
 def _report(cfg, paths):
     from .report import write_report
     info = read_json(paths["select_info"], {})
-    write_report(paths["report"], np.load(paths["features"], mmap_mode="r"),
-                 np.load(paths["labels"]), np.load(paths["keep"]),
+    write_report(paths["report"], load_features(paths["features"]),
+                 load_labels(paths["labels"]), load_indices(paths["keep"]),
                  threshold=info.get("threshold"), **cfg["report"])
     _log("report", paths["report"])
