@@ -180,3 +180,31 @@ def test_a_kill_between_the_renames_is_finished_by_the_next_sort(sorted_set):
     np.testing.assert_array_equal(perm, np.argsort(new_labels, kind="stable"))
     np.testing.assert_array_equal(np.load(out.parent / "f.sorted.labels.npy"), new_labels[perm])
     np.testing.assert_array_equal(dataset_order(out).perm, perm)
+
+
+def test_an_unwritable_side_output_fails_before_the_copy(sorted_set, monkeypatch):
+    d, x, labels, out, _ = sorted_set
+    (d / "afile").write_text("x")
+    read = []
+    from facenms.scale import reader
+    real = reader.Reader.read
+    monkeypatch.setattr(reader.Reader, "read", lambda self, rows: read.append(1) or
+                        real(self, rows))
+    with pytest.raises(SystemExit) as e:
+        cli.main(["sort-features", str(d / "f.npy"), str(d / "s.npy"), "--labels",
+                  str(d / "l.npy"), "--perm-out", str(d / "afile" / "p.npy")])
+    assert str(e.value.code).startswith("facenms sort-features: error: %s: "
+                                        % (d / "afile" / "p.npy"))
+    assert read == [] and not (d / "s.npy").exists()
+    assert not [n for n in os.listdir(d) if n.startswith(".")]
+
+
+def test_an_empty_file_sorts_and_selects(tmp_path):
+    np.save(tmp_path / "f.npy", np.zeros((0, 4), np.float32))
+    np.save(tmp_path / "l.npy", np.zeros(0, np.int64))
+    cli.main(["sort-features", str(tmp_path / "f.npy"), str(tmp_path / "s.npy"), "--labels",
+              str(tmp_path / "l.npy")])
+    assert len(dataset_order(tmp_path / "s.npy").perm) == 0
+    cli.main(["select", "--features", str(tmp_path / "s.npy"), "--labels",
+              str(tmp_path / "l.npy"), "--threshold", "0.5", "--out", str(tmp_path / "k.npy")])
+    assert len(np.load(tmp_path / "k.npy")) == 0

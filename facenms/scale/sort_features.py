@@ -209,7 +209,8 @@ def sort_features(features, labels, out, perm_out=None, labels_out=None, block_s
     header = {"descr": np.lib.format.dtype_to_descr(x.dtype), "fortran_order": False,
               "shape": x.shape}
     with AtomicFiles() as files:  # one group: the old sort or the new one, never a mix
-        f = files.open(out, "wb")
+        # every temporary first: an output that cannot be written fails before the copy
+        f, perm_f, labels_f = (files.open(p, "wb") for p in (out, perm_out, labels_out))
         np.lib.format.write_array_header_2_0(f, header) if x.shape[0] >= 2 ** 31 else \
             np.lib.format.write_array_header_1_0(f, header)
         for i in range(0, x.shape[0], rows):
@@ -222,6 +223,6 @@ def sort_features(features, labels, out, perm_out=None, labels_out=None, block_s
         raw, tail = _trailer(perm, labels_ds, labels[local], f.tell())
         f.write(memoryview(raw).cast("B"))
         f.write(tail)
-        np.save(files.open(perm_out), perm)
-        np.save(files.open(labels_out), labels[local])
+        np.save(perm_f, perm)
+        np.save(labels_f, labels[local])
     return perm, labels[local]
