@@ -178,3 +178,12 @@ def test_loader_reads_what_numpy_writes(tmp_path):
             got = load_npy(p, mmap=mmap)
             assert got.shape == a.shape and np.array_equal(got, a)
             assert got.dtype.isnative or mmap
+
+
+def test_a_fifo_or_a_folder_is_refused_without_blocking(d, tmp_path):
+    fifo = tmp_path / "fifo.npy"
+    os.mkfifo(fifo)
+    for bad, why in ((fifo, "not a regular file"), (tmp_path, "a directory")):
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv("select", d, "--labels", bad))
+        assert str(e.value.code).startswith("facenms select: error: %s: %s" % (bad, why))
