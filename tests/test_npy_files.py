@@ -178,3 +178,45 @@ def test_loader_reads_what_numpy_writes(tmp_path):
             got = load_npy(p, mmap=mmap)
             assert got.shape == a.shape and np.array_equal(got, a)
             assert got.dtype.isnative or mmap
+
+
+def test_a_fifo_or_a_folder_is_refused_without_blocking(d, tmp_path):
+    fifo = tmp_path / "fifo.npy"
+    os.mkfifo(fifo)
+    for bad, why in ((fifo, "not a regular file"), (tmp_path, "a directory")):
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv("select", d, "--labels", bad))
+        assert str(e.value.code).startswith("facenms select: error: %s: %s" % (bad, why))
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(cut=st.integers(0, 200), flips=st.lists(st.tuples(st.integers(0, 140),
+                                                           st.integers(1, 255)), max_size=4),
+       v2=st.booleans(), mmap=st.booleans())
+def test_any_damage_is_a_clean_error_or_what_numpy_reads(tmp_path_factory, cut, flips, v2,
+                                                         mmap):
+    """Damaged headers and cut files: the loader raises ValueError/TypeError/OSError
+    naming the file, or returns exactly what np.load reads; nothing else escapes."""
+    from facenms.io import load_npy
+    import io
+    b = io.BytesIO()
+    a = np.arange(24, dtype=np.float32).reshape(6, 4)
+    np.lib.format.write_array(b, a, version=(2, 0) if v2 else (1, 0))
+    raw = bytearray(b.getvalue())
+    for at, x in flips:
+        if at < len(raw):
+            raw[at] ^= x
+    raw = raw[:max(0, len(raw) - cut)] if cut < 120 else raw
+    p = tmp_path_factory.mktemp("fuzz") / "x.npy"
+    p.write_bytes(bytes(raw))
+    try:
+        got = load_npy(p, mmap=mmap, what="features", kind="float", ndim=2)
+    except (ValueError, TypeError) as e:
+        assert str(e).startswith(str(p) + ": ") and "\n" not in str(e)
+        return
+    want = np.load(p, mmap_mode="r" if mmap else None)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)

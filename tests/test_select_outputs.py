@@ -55,3 +55,15 @@ def test_both_outputs_written_on_success(inputs, capsys):
     assert len(np.load(d / "o" / "keep.npy")) == 20
     assert '"kept": 20' in (d / "o" / "info.json").read_text()
     assert sorted(os.listdir(d / "o")) == ["info.json", "keep.npy"]
+
+
+def test_out_and_info_at_one_path_are_refused(inputs):
+    d = inputs
+    np.save(d / "keep.npy", np.arange(3))
+    os.link(d / "keep.npy", d / "hard.npy")
+    for info in ("keep.npy", "./keep.npy", "hard.npy"):
+        with pytest.raises(SystemExit, match="also given as the output"):
+            cli.main(["select", "--features", str(d / "f.npy"), "--labels", str(d / "l.npy"),
+                      "--ratio", "0.5", "--out", str(d / "keep.npy"), "--info",
+                      str(d / info)])
+        assert np.array_equal(np.load(d / "keep.npy"), np.arange(3))

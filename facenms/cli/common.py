@@ -80,20 +80,13 @@ def add_memory_args(p):
 
 def in_dataset_order(features_path, labels, scores=None):
     """For features written by sort-features: (perm, labels and scores in the file's
-    order); perm is None for any other file. Labels may be given in either order."""
-    from ..scale.sort_features import dataset_order
-    found = dataset_order(features_path)
-    if found is None:
+    order); perm is None for any other file. The order is read from the file itself;
+    labels may be given in either order, and must be the ones it was sorted with."""
+    from ..scale.sort_features import dataset_order, labels_in_file_order
+    order = dataset_order(features_path)
+    if order is None:
         return None, labels, scores
-    perm, sorted_labels = found
-    want = load_array(sorted_labels, "labels")
-    labels = np.asarray(labels)
-    if len(labels) != len(perm):
-        raise CommandError("labels have %d entries, %s has %d rows"
-                           % (len(labels), features_path, len(perm)))
-    if np.array_equal(labels, want):  # already in the sorted file's order
-        return perm, labels, scores
-    if np.array_equal(labels[perm], want):  # in the dataset's order
-        return perm, labels[perm], None if scores is None else np.asarray(scores)[perm]
-    raise CommandError("labels match %s neither in the dataset's order nor in the sorted "
-                       "order (%s)" % (features_path, sorted_labels))
+    labels, given_ds = labels_in_file_order(order, labels, features_path)
+    if given_ds and scores is not None and len(scores) == len(order.perm):  # as the labels
+        scores = np.asarray(scores)[order.perm]
+    return order.perm, labels, scores

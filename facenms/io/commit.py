@@ -31,6 +31,16 @@ from .syscalls import exchange, fsync_dir, sync_filesystem
 from .transaction import Transaction
 
 
+def _same_path(a, b):
+    """Two spellings (or links) of one file."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # not both there yet
+        return False
+
+
 def _named(e, final):
     """An OSError met creating the temporary of `final`, restated with `final`."""
     return user_error(e, final) or one_line_oserror(
@@ -60,6 +70,10 @@ class AtomicFiles(Transaction):
         final = os.fspath(final)
         if os.path.isdir(final):
             raise IsADirectoryError("%s: a folder is in the way; give a file name" % final)
+        for other, _, _ in self._pending:  # two outputs of one group at one path: one lost
+            if _same_path(other, final):
+                raise ValueError("%s: also given as the output %s; give different outputs"
+                                 % (final, other))
         parent = os.path.dirname(os.path.abspath(final))
         above = existing_ancestor(parent)
         if not os.path.isdir(above):

@@ -85,6 +85,8 @@ def read_header(path, what: str = "array", check_size: bool = True) -> Header:
         raise FileNotFoundError("%s file not found: %s" % (what, path))
     if os.path.isdir(path):
         raise IsADirectoryError("%s: a directory, not a .npy file (the %s file)" % (path, what))
+    if not os.path.isfile(path):  # a FIFO or a device would block or never end
+        raise _fail(path, "not a regular file, so not a .npy file")
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(12)
@@ -168,8 +170,12 @@ def load(path, *, mmap: bool = False, what: str = "array", kind: Optional[str] =
     if mmap:
         if h.nbytes == 0:  # nothing to map (mmap refuses a zero length)
             return np.empty(h.shape, h.dtype, order=order)
-        return np.memmap(path, dtype=h.dtype, mode="r", offset=h.offset, shape=h.shape,
-                         order=order)
+        try:
+            return np.memmap(path, dtype=h.dtype, mode="r", offset=h.offset, shape=h.shape,
+                             order=order)
+        except (ValueError, OSError) as e:  # e.g. cut short since its header was read
+            raise _fail(path, "cannot be memory-mapped (%s)" % " ".join(str(e).split())) \
+                from None
     with open(path, "rb") as f:
         f.seek(h.offset)
         count = h.nbytes // h.dtype.itemsize if h.dtype.itemsize else 0
@@ -180,3 +186,18 @@ def load(path, *, mmap: bool = False, what: str = "array", kind: Optional[str] =
     if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
     return arr
+
+
+def load_features(path, mmap: bool = True) -> np.ndarray:
+    """(N, d) float16/32/64 features (memory-mapped by default)."""
+    return load(path, mmap=mmap, what="features", kind="float", ndim=2)
+
+
+def load_labels(path) -> np.ndarray:
+    """(N,) integer labels."""
+    return load(path, what="labels", kind="int", ndim=1)
+
+
+def load_indices(path, what: str = "keep") -> np.ndarray:
+    """(k,) integer indices (their range is the caller's to check)."""
+    return load(path, what=what, kind="int", ndim=1)

@@ -182,9 +182,8 @@ class _Rows:
     a pwrite sends only its own byte range."""
 
     def __init__(self, partial, progress, batch_size):
-        mm = np.lib.format.open_memmap(partial, mode="r")
-        self.offset, self.row_bytes = mm.offset, mm.shape[1] * mm.dtype.itemsize
-        del mm
+        h = read_npy_header(partial, check_size=False)
+        self.offset, self.row_bytes = h.offset, h.shape[1] * h.dtype.itemsize
         self.batch_size = batch_size
         self.rows = os.open(partial, os.O_RDWR)
         self.marks = os.open(progress, os.O_RDWR)

@@ -43,8 +43,7 @@ import json
 import os
 import time
 
-import numpy as np
-
+from ..io import load_features, load_indices, load_labels
 from ..scale.dist import is_main
 from .fingerprint import dataset_id, path_id
 from .runconfig import STAGES, check_config, check_dataset, export_out, normalised, work_paths
@@ -243,8 +242,8 @@ def _select(cfg, paths, progress):
     if _up_to_date(paths["select_info"], stamp, outputs):
         _log("select", "already done: %s" % paths["keep"])
         return
-    feats = np.load(paths["features"], mmap_mode="r")
-    labels = np.load(paths["labels"])
+    feats = load_features(paths["features"])
+    labels = load_labels(paths["labels"])
     keep, info = select(feats, labels, return_info=True, progress=progress, **sel)
     if sel.get("clean"):  # the faces select(clean=True) dropped, for the user to look at
         from ..scale.dispatch import label_issues
@@ -270,7 +269,7 @@ def _export(cfg, ds, paths, data_id):
             and _outputs_intact(done):
         _log("export", "already done: %s" % out)
         return
-    keep = np.load(paths["keep"])
+    keep = load_indices(paths["keep"])
     if fmt == "npy":
         written = [ex.save_indices(out, keep, **exp)]
     elif fmt == "folder":
@@ -296,8 +295,8 @@ def _report(cfg, paths):
     info = read_json(paths["select_info"], {})
     sel = cfg.get("select", {})
     ranked_as_selected = {k: sel[k] for k in ("rank", "seed") if k in sel}
-    write_report(paths["report"], np.load(paths["features"], mmap_mode="r"),
-                 np.load(paths["labels"]), np.load(paths["keep"]),
+    write_report(paths["report"], load_features(paths["features"]),
+                 load_labels(paths["labels"]), load_indices(paths["keep"]),
                  threshold=info.get("threshold"), dataset=cfg["data"]["dataset"], info=info,
                  label_issues=paths["label_issues"] if sel.get("clean") else None,
                  **ranked_as_selected, **cfg["report"])
