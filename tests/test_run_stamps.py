@@ -10,7 +10,8 @@ import pytest
 import facenms
 from facenms.cli.demo import DEMO_CONFIG
 from facenms.data import open_dataset, synthetic
-from facenms.pipeline.run import check, run
+from facenms.pipeline import run as runner
+from facenms.pipeline.run import run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -229,4 +230,4 @@ def test_run_check_validates_without_running(tmp_path, monkeypatch):
     for part in ("nothere not found", "unknown key 'rnak'", "format = 'tar'"):
         assert part in r.stderr
     monkeypatch.chdir(tmp_path)
-    assert len(check(str(good))[1]) == 36
+    assert len(runner.check(str(good))[1]) == 36
