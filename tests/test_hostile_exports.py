@@ -312,8 +312,14 @@ def test_ctrl_c_while_the_modules_load_is_one_line(tmp_path, module, entry):
     assert "interrupted" in r.stderr
 
 
-def test_a_garbage_pt2_model_is_one_line(tmp_path, rec):
-    (tmp_path / "m.pt2").write_bytes(np.random.default_rng(0).bytes(3000))
-    r = cli("extract", "--dataset", rec, "--model", tmp_path / "m.pt2", "--out",
+@pytest.mark.parametrize("name", ["m.pt2", "m.onnx", "m.pt", "ts.pt"])
+def test_a_garbage_model_is_one_line(tmp_path, rec, name):
+    import zipfile
+    if name == "ts.pt":  # a zip that looks like TorchScript
+        with zipfile.ZipFile(tmp_path / name, "w") as z:
+            z.writestr("m/constants.pkl", b"garbage")
+    else:
+        (tmp_path / name).write_bytes(np.random.default_rng(0).bytes(3000))
+    r = cli("extract", "--dataset", rec, "--model", tmp_path / name, "--out",
             tmp_path / "f.npy")
-    one_line_error(r, "extract", "m.pt2")
+    one_line_error(r, "extract", name)
