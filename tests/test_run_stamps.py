@@ -10,7 +10,8 @@ import pytest
 import facenms
 from facenms.cli.demo import DEMO_CONFIG
 from facenms.data import open_dataset, synthetic
-from facenms.pipeline.run import check, run
+from facenms.pipeline import run as runner
+from facenms.pipeline.run import run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -229,4 +230,26 @@ def test_run_check_validates_without_running(tmp_path, monkeypatch):
     for part in ("nothere not found", "unknown key 'rnak'", "format = 'tar'"):
         assert part in r.stderr
     monkeypatch.chdir(tmp_path)
-    assert len(check(str(good))[1]) == 36
+    assert len(runner.check(str(good))[1]) == 36
+
+
+def test_an_export_over_the_dataset_is_refused_before_anything_runs(tmp_path):
+    _data(tmp_path / "data", seed=1)
+    before = open(tmp_path / "data" / "train.rec", "rb").read()
+    for exp in (dict(format="folder", out=str(tmp_path / "data")),
+                dict(format="recordio", out=str(tmp_path / "data" / "train.rec")),
+                dict(format="npy", out=str(tmp_path / "data" / "train.idx"))):
+        with pytest.raises(ValueError, match=r"\[export\].*the input"):
+            run(_config(tmp_path, export=exp), progress=False)
+        _nothing_ran(tmp_path)
+    assert open(tmp_path / "data" / "train.rec", "rb").read() == before
+
+
+def test_a_work_dir_inside_an_image_folder_dataset_is_refused(tmp_path):
+    root = synthetic.make_image_folder(tmp_path / "img", num_identities=3,
+                                       images_per_identity=(3, 3), size=12)
+    cfg = _config(tmp_path)
+    cfg["data"] = dict(dataset=str(root), work_dir=str(tmp_path / "img" / "work"))
+    with pytest.raises(ValueError, match=r"\[data\] work_dir"):
+        run(cfg, progress=False)
+    assert not os.path.exists(tmp_path / "img" / "work")

@@ -7,6 +7,7 @@ file in the way) ends as one line on stderr, ``facenms <command>: error:
 import argparse
 import os
 import sys
+import warnings
 
 # what a user's input or environment can raise; anything else is a bug and keeps its traceback
 USER_ERRORS = (ValueError, TypeError, OSError, ImportError, EOFError, MemoryError,
@@ -66,6 +67,11 @@ def _main(argv):
     args, extra = parser.parse_known_args(argv)
     if extra:  # reported by the command, like its other usage errors
         parser.commands[args.cmd].error("unrecognized arguments: %s" % " ".join(extra))
+
+    def warning_line(message, category, filename, lineno, file=None, line=None):
+        (file or sys.stderr).write("facenms %s: warning: %s\n" % (args.cmd, one_line(message)))
+
+    warnings.showwarning = warning_line  # a warning is one line too, not the source line
     try:
         args.func(args)
     except (CommandError,) + USER_ERRORS as e:

@@ -149,7 +149,8 @@ class RecordDataset(FaceDataset):
 
     def _sidecar_labels(self, path, layout):
         """(labels, None), or (None, why the sidecar is not this .rec's)."""
-        with np.load(path) as z:
+        # np.load leaves its file open when the zip is damaged: the handle is ours to close
+        with open(path, "rb") as f, np.load(f) as z:
             if "rec_crc" not in z.files or "labels_crc" not in z.files:
                 return None, "predates the content check (no rec_crc)"
             meta = tuple(int(z[k]) if k != "layout" else str(z[k]) for k in (

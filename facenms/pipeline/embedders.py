@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import warnings
 import zipfile
 
 import numpy as np
@@ -204,7 +205,9 @@ def load_model(model, device="cpu"):
                            fp, eval_mode=False)
     if _is_torchscript(path):
         try:
-            module = torch.jit.load(path, map_location=device)
+            with warnings.catch_warnings():  # torch's deprecation notice, on every load
+                warnings.filterwarnings("ignore", message=".*torch.jit.load.* is deprecated")
+                module = torch.jit.load(path, map_location=device)
         except Exception as e:
             raise ValueError("cannot load TorchScript model %s: %s" % (path, e)) from e
         return _TorchModel(module, device, None, "TorchScript %s" % os.path.basename(path), fp)
