@@ -3,7 +3,6 @@ import argparse
 import json
 
 import pytest
-import torch
 
 import tinyfaces
 from facenms.cli import extract as cx, train as ct

@@ -5,7 +5,6 @@ process). Clones may differ only where a pair's similarity lies within
 rounding of the threshold; each one's selection follows the rule.
 """
 import json
-import os
 import subprocess
 import sys
 

@@ -1,6 +1,5 @@
 """What the commands share: reading arrays, common options, and errors as one line."""
 import argparse
-import os
 import sys
 
 import numpy as np

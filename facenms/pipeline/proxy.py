@@ -11,9 +11,9 @@ written atomically after every epoch and a rerun resumes from it.
 import contextlib
 import math
 import os
-import sys
 import time
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -133,7 +133,7 @@ def _check_resumable(ck, config, path):
                          "delete it or pass resume=False" % (path, "; ".join(diff)))
 
 
-def _summary(config, ck_path, history, n_faces, n_classes, seconds=None, trained=True):
+def _summary(config, ck_path, history, n_faces, n_classes, *, seconds=None, trained=True):
     first, last = history[0], history[-1]
     head = "proxy: %s+%s on %d faces of %d identities (%g%% of the %s, seed %d, %s)" % (
         config["backbone"], config["head"], n_faces, n_classes, 100 * config["fraction"],
@@ -169,7 +169,7 @@ def train_proxy(dataset, out_dir, *, subset="identities", fraction=0.1, seed=0,
     amp = check_amp(amp)
     ds = rt.open_dataset(dataset)
     labels = rt.dataset_labels(ds)
-    d, dev = join(device)
+    group, dev = join(device)
     amp = resolve_amp(amp, dev, "train-proxy")
     if workers is None:
         workers = rt.default_workers(dev)
@@ -178,15 +178,42 @@ def train_proxy(dataset, out_dir, *, subset="identities", fraction=0.1, seed=0,
         backbone=backbone, head=head, embedding_size=int(embedding_size),
         input_size=int(input_size), model_kwargs=dict(model_kwargs or {}),
         scale=float(scale), margin=None if margin is None else float(margin),
-        epochs=int(epochs), global_batch=int(batch_size) * d.world, lr=float(lr),
+        epochs=int(epochs), global_batch=int(batch_size) * group.world, lr=float(lr),
         momentum=float(momentum), weight_decay=float(weight_decay),
         schedule=schedule, warmup_epochs=float(warmup_epochs), amp=amp)
-    return _train(ds, labels, out_dir, config, d, dev, batch_size, workers, resume,
-                  log_every, progress, clip_grad, t0)
+    run = _Run(config=config, group=group, dev=dev, batch_size=batch_size, workers=workers,
+               log_every=log_every, progress=progress, clip_grad=clip_grad, t0=t0)
+    return _train(ds, labels, out_dir, run, resume)
 
 
-def _train(ds, labels, out_dir, config, d, dev, batch_size, workers, resume, log_every,
-           progress, clip_grad, t0):
+@dataclass(frozen=True)
+class _Run:
+    """One train_proxy call as its loops see it."""
+    config: dict
+    group: object  # facenms.scale.dist's process group view (rank, world, main, sum)
+    dev: torch.device
+    batch_size: int
+    workers: int
+    log_every: int
+    progress: bool
+    clip_grad: float
+    t0: float
+
+
+@dataclass(frozen=True)
+class _Loop:
+    """What every epoch of one training uses."""
+    model: nn.Module  # the network, DDP-wrapped under torchrun
+    loader: DataLoader
+    sampler: DistributedSampler
+    ck_path: str
+    n_proxy_faces: int
+    bar: object  # a progress bar or None
+
+
+def _train(ds, labels, out_dir, run, resume):
+    config, group, dev, batch_size, workers = run.config, run.group, run.dev, run.batch_size, \
+        run.workers
     os.makedirs(out_dir, exist_ok=True)
     ck_path = os.path.join(out_dir, CHECKPOINT)
     idx, sub_labels = proxy_subset(labels, config["subset"], config["fraction"],
@@ -198,14 +225,14 @@ def _train(ds, labels, out_dir, config, d, dev, batch_size, workers, resume, log
         ck = load_checkpoint(ck_path)
         _check_resumable(ck, config, ck_path)
         if ck["epoch"] >= config["epochs"]:
-            if d.main:
+            if group.main:
                 print(_summary(config, ck_path, ck["history"], len(idx), n_classes,
                                trained=False), flush=True)
             return ck_path
     state = _State(config, n_classes, dev, ck)
     del ck
     faces = rt.IndexedFaces(ds, idx, sub_labels, size=config["input_size"])
-    sampler = DistributedSampler(faces, num_replicas=d.world, rank=d.rank, shuffle=True,
+    sampler = DistributedSampler(faces, num_replicas=group.world, rank=group.rank, shuffle=True,
                                  seed=config["seed"], drop_last=True)
     loader = DataLoader(faces, batch_size=batch_size, sampler=sampler, drop_last=True,
                         num_workers=workers, pin_memory=dev.type == "cuda",
@@ -217,20 +244,21 @@ def _train(ds, labels, out_dir, config, d, dev, batch_size, workers, resume, log
                          % (len(faces), len(sampler), batch_size))
     state.schedule(steps)
     model = state.net
-    if d.world > 1:
+    if group.world > 1:
         model = DistributedDataParallel(
             state.net, device_ids=[dev.index] if dev.type == "cuda" else None)
 
-    bar = progress_bar(progress and d.main, total=(config["epochs"] - state.start) * steps,
-                       desc="proxy", unit="batch")
+    bar = progress_bar(run.progress and group.main,
+                       total=(config["epochs"] - state.start) * steps, desc="proxy", unit="batch")
+    loop = _Loop(model=model, loader=loader, sampler=sampler, ck_path=ck_path,
+                 n_proxy_faces=len(idx), bar=bar)
     with _cudnn_benchmark(dev):
-        _epochs(model, state, loader, sampler, config, d, dev, idx, ck_path, steps, clip_grad,
-                bar, log_every)
+        _epochs(run, state, loop)
     if bar is not None:
         bar.close()
-    if d.main:
-        print(_summary(config, ck_path, state.history, len(idx), n_classes, time.time() - t0),
-              flush=True)
+    if group.main:
+        print(_summary(config, ck_path, state.history, len(idx), n_classes,
+                       seconds=time.time() - run.t0), flush=True)
     return ck_path
 
 
@@ -246,25 +274,25 @@ def _cudnn_benchmark(dev):
         torch.backends.cudnn.benchmark = old
 
 
-def _epochs(model, state, loader, sampler, config, d, dev, idx, ck_path, steps, clip_grad, bar,
-            log_every):
+def _epochs(run, state, loop):
+    config, group, steps = run.config, run.group, len(loop.loader)
     for epoch in range(state.start, config["epochs"]):
         te = time.time()
-        sampler.set_epoch(epoch)
+        loop.sampler.set_epoch(epoch)
         # horizontal flips drawn from (seed, epoch, rank): a rerun sees the same ones
         gen = torch.Generator().manual_seed(
-            (config["seed"] * 1_000_003 + epoch) * 4099 + d.rank)
-        loss_sum = _epoch(model, state, loader, gen, dev, clip_grad, bar, log_every, epoch)
-        mean = d.sum(loss_sum).item() / (steps * d.world)
+            (config["seed"] * 1_000_003 + epoch) * 4099 + group.rank)
+        loss_sum = _epoch(run, state, loop, gen, epoch)
+        mean = group.sum(loss_sum).item() / (steps * group.world)
         if not math.isfinite(mean):
             raise FloatingPointError(
                 "proxy training diverged: mean loss %r in epoch %d; lower lr or use "
                 "amp='bf16' / None" % (mean, epoch + 1))
         state.history.append(dict(epoch=epoch + 1, loss=mean, lr=state.lr(),
                                   seconds=time.time() - te))
-        if d.main:
-            rt.atomic_torch_save(state.checkpoint(epoch + 1, len(idx)), ck_path)
-        d.barrier()  # no rank runs ahead of the checkpoint it may have to resume from
+        if group.main:
+            rt.atomic_torch_save(state.checkpoint(epoch + 1, loop.n_proxy_faces), loop.ck_path)
+        group.barrier()  # no rank runs ahead of the checkpoint it may have to resume from
 
 
 class _State:
@@ -308,12 +336,13 @@ class _State:
                     optimizer=self.opt.state_dict(), scaler=self.scaler.state_dict())
 
 
-def _epoch(model, state, loader, gen, dev, clip_grad, bar, log_every, epoch):
+def _epoch(run, state, loop, gen, epoch):
     """One pass over the loader; returns the summed loss (a device tensor)."""
+    model, dev, bar = loop.model, run.dev, loop.bar
     model.train()
     amp, opt, scaler = state.config["amp"], state.opt, state.scaler
     loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
-    for step, (img, y, _) in enumerate(loader):
+    for step, (img, y, _) in enumerate(loop.loader):
         x = rt.to_input(img, dev, channels_last=True)
         flip = (torch.rand(len(x), generator=gen) < 0.5).to(dev)
         x = torch.where(flip[:, None, None, None], x.flip(-1), x).contiguous(
@@ -324,9 +353,9 @@ def _epoch(model, state, loader, gen, dev, clip_grad, bar, log_every, epoch):
         loss = F.cross_entropy(logits.float(), y)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
-        if clip_grad:
+        if run.clip_grad:
             scaler.unscale_(opt)
-            nn.utils.clip_grad_norm_(state.params, clip_grad)
+            nn.utils.clip_grad_norm_(state.params, run.clip_grad)
         scaler.step(opt)
         scaler.update()
         with warnings.catch_warnings():  # a step the scaler skipped (inf grads) is fine
@@ -335,6 +364,6 @@ def _epoch(model, state, loader, gen, dev, clip_grad, bar, log_every, epoch):
         loss_sum += loss.detach().double()
         if bar is not None:
             bar.update()
-            if step % max(1, log_every) == 0:
+            if step % max(1, run.log_every) == 0:
                 bar.set_postfix(epoch=epoch + 1, loss="%.4f" % loss.item(), lr="%.3g" % state.lr())
     return loss_sum

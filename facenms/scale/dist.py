@@ -160,6 +160,25 @@ class Comm:
     def min(self, t):
         return self._reduce(t, None if self.world == 1 else self.dist.ReduceOp.MIN)
 
+    def on_main(self, fn):
+        """Run fn on rank 0 and hand its result (or its error) to every rank, so that a
+        failure there is raised everywhere instead of hanging the others."""
+        out = [None, None]
+        if self.main:
+            try:
+                out[0] = fn()
+            except Exception as e:  # re-raised below, on every rank
+                out[1] = e
+        out = self.broadcast(out)
+        if out[1] is not None:
+            if self.main:
+                raise out[1]
+            raise RuntimeError("rank 0 failed: %s" % out[1])
+        # a broadcast returns on the sender first: hold rank 0 until every rank has the
+        # result, so it cannot run ahead (and exit, closing connections) mid-receive
+        self.barrier()
+        return out[0]
+
     def broadcast(self, obj):
         """Rank 0's Python object, on every rank."""
         if self.world == 1:
