@@ -51,7 +51,7 @@ def main():
     xt = torch.from_numpy(x)
     _, order, offsets, s = group(lab, n, xt.device)
     c = cpu()
-    order = rank(xt, order, offsets, s, "sparsity", None, 0)
+    order = rank(xt, order, offsets, s, method="sparsity")
     steps = {"rank": cpu() - c}
     for lanes in (1, 64):
         ts = torch.linspace(0.5, 0.8, lanes, dtype=torch.float64) if lanes > 1 else \

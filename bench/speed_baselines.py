@@ -72,7 +72,7 @@ def ranked_groups(x, labels):
     from facenms.core.ranking import rank as _rank
     xt = torch.as_tensor(np.asarray(x))
     _, order, offsets, sizes = _group(labels, len(labels), xt.device)
-    order = _rank(xt, order, offsets, sizes, "sparsity", None, 0).numpy()
+    order = _rank(xt, order, offsets, sizes, method="sparsity").numpy()
     return np.split(order, offsets[1:-1].numpy())
 
 

@@ -62,7 +62,7 @@ def test_rank_nms_equals_prepare_sort_then_nms(dtype, rank):
     _, order, offsets, sizes = _group(labels, len(labels), x.device)
     ts = torch.linspace(0.3, 0.95, 64, dtype=torch.float64)
     ranked, bits, counts, bad = ops.rank_nms(x, order, offsets, ts, 2, rank == "centrality")
-    want = _rank(x, order, offsets, sizes, rank, None, 0)
+    want = _rank(x, order, offsets, sizes, method=rank)
     assert torch.equal(ranked, want) and int(bad) == -1
     b2, c2 = ops.nms(x, want, offsets, ts, 2)
     assert torch.equal(bits, b2) and torch.equal(counts, c2)

@@ -207,7 +207,7 @@ def test_one_packed_sort_ranks_like_two_stable_sorts(faces, rank):
            "random": ranking.random_key(len(x), 4)[order]}[rank]
     perm = csr.stable_argsort(-key)
     perm = perm[csr.stable_argsort(csr.segment_ids(sizes)[perm])]
-    assert torch.equal(ranking.rank(xt, order, offsets, sizes, rank, None, 4), order[perm])
+    assert torch.equal(ranking.rank(xt, order, offsets, sizes, method=rank, seed=4), order[perm])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])

@@ -27,8 +27,9 @@ def run(args):
     max_memory = parse_bytes(args.max_memory) if args.max_memory else None
     t = time.perf_counter()
     x = open_features(args.input)
-    perm, _ = sort_features(args.input, args.labels, args.output, args.perm_out,
-                            args.labels_out, block_size=args.block_size, max_memory=max_memory)
+    perm, _ = sort_features(args.input, args.labels, args.output, perm_out=args.perm_out,
+                            labels_out=args.labels_out, block_size=args.block_size,
+                            max_memory=max_memory)
     dt = time.perf_counter() - t
     moved = int((perm != np.arange(len(perm))).sum())
     print("facenms sort-features: %d faces (%d moved) in %.1f s, %.0f MB/s; wrote %s, %s, %s" % (

@@ -272,7 +272,7 @@ def label_issues(features, labels, *, threshold=None, min_faces=None, device=Non
     uniq, order, offsets, sizes = group(labels, n, x.device)
     norms = torch.zeros(0, dtype=torch.float64, device=x.device)
     if n:  # centrality order; raises ValueError naming the first zero or non-finite row
-        order, norms = ranking.rank(x, order, offsets, sizes, "centrality", None, 0,
+        order, norms = ranking.rank(x, order, offsets, sizes, method="centrality",
                                     with_norms=True)
     centres, a_pos = trimmed_centres(x, order, norms, offsets, sizes, min_faces=min_faces,
                                      dtype=dtype)

@@ -143,7 +143,7 @@ def check_labels(labels, n, name="labels"):
     return labels
 
 
-def settings(ratio=None, threshold=None, rank=None, scores=None, min_per_identity=1,
+def settings(*, ratio=None, threshold=None, rank=None, scores=None, min_per_identity=1,
              per_identity=False, seed=0):
     """Validated Settings from select()'s keyword arguments."""
     if (ratio is None) == (threshold is None):

@@ -42,30 +42,30 @@ def rescale_rows(x, size):
     return (x.double() * scale[:, None]).to(x.dtype)
 
 
-def rank(x, order, offsets, sizes, rank, scores, seed, with_norms=False):
+def rank(x, order, offsets, sizes, *, method, scores=None, seed=0, with_norms=False):
     """Reorder each identity's rows of `order` by descending score, ties by smaller index.
 
-    rank: "sparsity" | "centrality" | "random" | "scores" (then `scores`, one
+    method: "sparsity" | "centrality" | "random" | "scores" (then `scores`, one
     per row of x). Raises ValueError naming the first zero or non-finite row.
     with_norms: also return the rows' float64 norms, following the ranked order.
     """
     norms, sparsity = ops.prepare(x, order, offsets)
     if bool((~torch.isfinite(norms) | (norms == 0)).any()):
         raise_bad_row(x)
-    perm = _perm(x, order, sizes, rank, scores, seed, sparsity)
+    perm = _perm(x, order, sizes, sparsity, method=method, scores=scores, seed=seed)
     return (order[perm], norms[perm]) if with_norms else order[perm]
 
 
-def _perm(x, order, sizes, rank, scores, seed, sparsity):
+def _perm(x, order, sizes, sparsity, *, method, scores, seed):
     """The permutation of `order` that puts every identity in rank order."""
     ident = segment_ids(sizes, total=order.shape[0])
-    if rank in ("sparsity", "centrality"):
+    if method in ("sparsity", "centrality"):
         # scores are multiples of 2**-20 in [0, 2]: small integers, so that one
         # sort of (identity, key) packed into an int64 does what two stable sorts do
         k = torch.round(sparsity * 2.0 ** 20).long()
-        key = (1 << 21) - k if rank == "sparsity" else k  # in [0, 2**21]
+        key = (1 << 21) - k if method == "sparsity" else k  # in [0, 2**21]
         return stable_argsort(pack_keys(ident, key, 22, len(sizes)))
-    if rank == "random":
+    if method == "random":
         key = random_key(x.shape[0], seed).to(x.device)[order].long()
         bits = max(1, int(x.shape[0] - 1).bit_length())
         return stable_argsort(pack_keys(ident, (x.shape[0] - 1) - key, bits, len(sizes)))

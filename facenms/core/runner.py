@@ -19,7 +19,8 @@ from .inputs import raise_bad_row
 class Runner:
     """Runs NMS passes, in chunks of identities when a progress bar is shown."""
 
-    def __init__(self, x, order, offsets, sizes, min_keep, progress, fuse=None, norms=None):
+    def __init__(self, x, order, offsets, sizes, *, min_keep, progress=False, fuse=None,
+                 norms=None):
         # fuse: "sparsity" or "centrality" when `order` is not ranked yet; the
         # first pass ranks it (rank_nms) and self.order becomes the rank order.
         # norms: float64 norms following `order` (from prepare), or None

@@ -104,7 +104,7 @@ def search(run, target, first=None, max_passes=4, tol=0, stop_width=1e-9):
     return best
 
 
-def sample_lanes(x, order, offsets, sizes, min_keep, ratio, seed=0, fuse=None):
+def sample_lanes(x, order, offsets, sizes, *, min_keep, ratio, seed=0, fuse=None):
     """Where to look for the global threshold: a cheap search on a sample of identities.
 
     Returns 64 ascending thresholds at which the sample keeps evenly spaced
@@ -126,7 +126,7 @@ def sample_lanes(x, order, offsets, sizes, min_keep, ratio, seed=0, fuse=None):
     n_s = int(sub_off[-1])
     points = []
 
-    passes = Runner(x, sub_order, sub_off, sub_sizes, min_keep, False, fuse)
+    passes = Runner(x, sub_order, sub_off, sub_sizes, min_keep=min_keep, fuse=fuse)
 
     def run(ts):
         bits, counts = passes(ts)

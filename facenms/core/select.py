@@ -57,7 +57,7 @@ class SelectionInfo:
                     self.n_faces / t if t > 0 else float("inf")))
 
 
-def make_info(settings, kept, n, uniq, sizes, kept_per, threshold, thresholds, passes,
+def make_info(settings, kept, n, *, uniq, sizes, kept_per, threshold, thresholds, passes,
               timings):
     """A SelectionInfo from what a driver computed (arrays may be tensors)."""
     return SelectionInfo(
@@ -94,7 +94,8 @@ def select(features, labels, ratio=None, threshold=None, *, scores=None, rank=No
            progress=False):
     """facenms.select with the features in memory (see its documentation)."""
     t0 = time.perf_counter()
-    s = settings(ratio, threshold, rank, scores, min_per_identity, per_identity, seed)
+    s = settings(ratio=ratio, threshold=threshold, rank=rank, scores=scores,
+                 min_per_identity=min_per_identity, per_identity=per_identity, seed=seed)
     x, uniq, order, offsets, sizes, scores = prepare(features, labels, scores, device)
     n = x.shape[0]
     timings = {"group": time.perf_counter() - t0}
@@ -102,8 +103,8 @@ def select(features, labels, ratio=None, threshold=None, *, scores=None, rank=No
     t1 = time.perf_counter()
     fuse, norms = ranking.fused(x, s.rank), None
     if n > 0 and not fuse:
-        order, norms = ranking.rank(x, order, offsets, sizes, s.rank, scores, s.seed,
-                                    with_norms=True)
+        order, norms = ranking.rank(x, order, offsets, sizes, method=s.rank, scores=scores,
+                                    seed=s.seed, with_norms=True)
         if x.device.type == "cuda":  # the norms spare the kernels a read of the features
             safe = ranking.float32_safe(x, torch.empty_like(norms).index_copy_(0, order, norms))
             if safe is not x:  # rows rescaled: the kernels take their norms themselves
@@ -113,11 +114,13 @@ def select(features, labels, ratio=None, threshold=None, *, scores=None, rank=No
     timings["rank"] = time.perf_counter() - t1  # with fuse: inside the first pass
 
     t2 = time.perf_counter()
-    run = Runner(x, order, offsets, sizes, s.min_keep, progress, fuse, norms)
+    run = Runner(x, order, offsets, sizes, min_keep=s.min_keep, progress=progress, fuse=fuse,
+                 norms=norms)
     try:
         keep_pos, thr_used, per_thr = decide(
             run, s, n, sizes, x.device,
-            lambda: sample_lanes(x, order, offsets, sizes, s.min_keep, s.ratio, seed, fuse))
+            lambda: sample_lanes(x, order, offsets, sizes, min_keep=s.min_keep, ratio=s.ratio,
+                                 seed=seed, fuse=fuse))
     finally:
         run.close()
     timings["nms"] = time.perf_counter() - t2
@@ -129,9 +132,9 @@ def select(features, labels, ratio=None, threshold=None, *, scores=None, rank=No
     timings["total"] = time.perf_counter() - t0
     if not return_info:
         return out
-    return out, make_info(s, int(result.numel()), n, uniq, sizes,
-                          kept_per_identity(keep_pos, sizes), thr_used, per_thr, run.passes,
-                          timings)
+    return out, make_info(s, int(result.numel()), n, uniq=uniq, sizes=sizes,
+                          kept_per=kept_per_identity(keep_pos, sizes), threshold=thr_used,
+                          thresholds=per_thr, passes=run.passes, timings=timings)
 
 
 def curve(features, labels, thresholds=None, *, scores=None, rank=None, min_per_identity=1,
@@ -141,7 +144,8 @@ def curve(features, labels, thresholds=None, *, scores=None, rank=None, min_per_
     Returns (thresholds, ratios) as numpy arrays. Default thresholds: 64
     evenly spaced in [0, 1].
     """
-    s = settings(None, 0.0, rank, scores, min_per_identity, False, seed)
+    s = settings(threshold=0.0, rank=rank, scores=scores, min_per_identity=min_per_identity,
+                 seed=seed)
     ts = torch.linspace(0, 1, LANES, dtype=torch.float64) if thresholds is None else \
         torch.as_tensor(np.asarray(thresholds, dtype=np.float64))
     if ts.dim() != 1 or not 1 <= len(ts) <= LANES:
@@ -155,9 +159,10 @@ def curve(features, labels, thresholds=None, *, scores=None, rank=None, min_per_
         return ts.numpy(), np.zeros(len(ts))
     fuse = ranking.fused(x, s.rank)
     if not fuse:
-        order = ranking.rank(x, order, offsets, sizes, s.rank, scores, s.seed)
+        order = ranking.rank(x, order, offsets, sizes, method=s.rank, scores=scores,
+                             seed=s.seed)
         x = ranking.float32_safe(x)
-    run = Runner(x, order, offsets, sizes, s.min_keep, progress, fuse)
+    run = Runner(x, order, offsets, sizes, min_keep=s.min_keep, progress=progress, fuse=fuse)
     try:
         _, counts = run(ts)
     finally:

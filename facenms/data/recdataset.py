@@ -282,7 +282,7 @@ class RecordDataset(FaceDataset):
         return "%s record key %d" % (self.rec_path, self.key(i))
 
 
-def write_face_recordio(rec_path, labels, payloads, num_classes=None, image_size=None,
+def write_face_recordio(rec_path, labels, payloads, *, num_classes=None, image_size=None,
                         layout="insightface", files=None, labels_sidecar=True):
     """Write images as a face RecordIO dataset: rec, idx and `property` beside them.
 

@@ -82,7 +82,8 @@ class _Prepared:
         if scores is not None:
             scores = scores.to(x.device, torch.float64)
         if self.n > 0:  # also rejects zero-norm and non-finite rows, naming the row
-            order = rank_rows(x, order, self.offsets, self.sizes, rank, scores, seed)
+            order = rank_rows(x, order, self.offsets, self.sizes, method=rank, scores=scores,
+                              seed=seed)
         self.order = order
         self.x = x
         self.seg = segment_ids(self.sizes, total=self.n)
@@ -244,7 +245,8 @@ def semdedup(features, labels, ratio=None, threshold=None, *, scores=None, rank=
     kept, so the count cannot go below the number of identities. Ranking as in
     select(): rank="sparsity" (default), "centrality", "random", or scores=.
     """
-    rank = settings(ratio, threshold, rank, scores, seed=seed).rank  # validates like select()
+    # validates like select()
+    rank = settings(ratio=ratio, threshold=threshold, rank=rank, scores=scores, seed=seed).rank
     if scores is not None:
         scores = check_scores(scores, len(labels), "cpu")
     p = _Prepared(features, labels, rank, device, seed=seed, scores=scores)

@@ -108,8 +108,8 @@ def _label_map(old):
     return np.stack([old, np.arange(len(old))], axis=1).astype(np.int64)
 
 
-def write_lst(path, dataset, keep, shuffle=False, seed=0, verify="structure", progress=None,
-              inputs=(), *, allow_empty=False, rec_names=False):
+def write_lst(path, dataset, keep, *, shuffle=False, seed=0, verify="structure", progress=None,
+              inputs=(), allow_empty=False, rec_names=False):
     """An im2rec list `index\\tlabel\\tname`, ready for `python -m mxnet.tools.im2rec`.
 
     index is dense 0..n-1 (the RecordIO keys im2rec will write: MXFaceDataset
@@ -216,8 +216,8 @@ def arcface_config(rec_dir, num_classes, num_image, val_targets):
             % (os.path.abspath(rec_dir), num_classes, num_image, list(val_targets)))
 
 
-def write_recordio(out, dataset, keep, layout="im2rec", shuffle=False, seed=0,
-                   verify="structure", copy_bins=True, progress=None, inputs=(), *,
+def write_recordio(out, dataset, keep, *, layout="im2rec", shuffle=False, seed=0,
+                   verify="structure", copy_bins=True, progress=None, inputs=(),
                    allow_empty=False):
     """The kept faces as a new RecordIO dataset, labels re-numbered densely.
 
@@ -315,8 +315,8 @@ def _write_file(path, data):
         os.close(fd)
 
 
-def write_imagefolder(out_dir, dataset, keep, mode="symlink", overwrite=False,
-                      verify="structure", progress=None, inputs=(), *, allow_empty=False):
+def write_imagefolder(out_dir, dataset, keep, *, mode="symlink", overwrite=False,
+                      verify="structure", progress=None, inputs=(), allow_empty=False):
     """The kept faces as an image-folder tree out_dir/<identity>/<file>.
 
     Image-folder datasets keep their relative paths, as symlinks to the

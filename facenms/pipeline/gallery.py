@@ -102,12 +102,13 @@ def ranked_rows(features, groups, rank="sparsity", scores=None, seed=0):
     elif rank == "scores" or scores is not None:
         key = torch.as_tensor(np.asarray(scores, dtype=np.float64)[rows])
     if key is not None:
-        order = ranking.rank(x, order, offsets, sizes, "scores", key, seed)
+        order = ranking.rank(x, order, offsets, sizes, method="scores", scores=key,
+                             seed=seed)
     elif ranking.fused(x, rank):  # the CPU kernel ranks inside its first pass: use it
         order = ops.rank_nms(x, order, offsets, torch.zeros(1, dtype=torch.float64), 1,
                              centrality=rank == "centrality")[0]
     else:
-        order = ranking.rank(x, order, offsets, sizes, rank, None, seed)
+        order = ranking.rank(x, order, offsets, sizes, method=rank, seed=seed)
     ranked = rows[order.numpy()]
     return np.split(ranked, offsets[1:-1].numpy())
 

@@ -72,7 +72,7 @@ def default_workers(device):
     return max(1, min(8, per_rank - 1))
 
 
-def to_input(images, device, size=None, mean=127.5, std=127.5, channel_order="rgb",
+def to_input(images, device, *, size=None, mean=127.5, std=127.5, channel_order="rgb",
              channels_last=False):
     """uint8 NCHW RGB -> float NCHW, (x - mean) / std per channel (insightface:
     [-1, 1]), channels swapped for "bgr", resized to size x size when it

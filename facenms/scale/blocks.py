@@ -61,11 +61,11 @@ class BlockRunner:
     identity and stores the rank order into ``order`` in place.
     """
 
-    def __init__(self, src, order, offsets, sizes, ident_range, block_rows, rank, key, seed,
-                 min_keep, comm, device, progress):
+    def __init__(self, src, order, offsets, sizes, *, ident_range, block_rows, method, key,
+                 seed, min_keep, comm, device, progress):
         self.src, self.order, self.min_keep, self.comm = src, order, min_keep, comm
         self.offsets, self.sizes = offsets, sizes
-        self.rank_kind, self.key, self.seed, self.device = rank, key, seed, device
+        self.rank_kind, self.key, self.seed, self.device = method, key, seed, device
         self.off_np = offsets.numpy()
         self.c_lo, self.c_hi = ident_range
         self.blocks = blocks(self.off_np, self.c_lo, self.c_hi, block_rows)
@@ -144,11 +144,11 @@ class BlockRunner:
 
     def _rank_block(self, x, local, off, sizes, rows):
         if self.key is None:
-            return ranking.rank(x, local, off, sizes, self.rank_kind, None, self.seed)
+            return ranking.rank(x, local, off, sizes, method=self.rank_kind, seed=self.seed)
         # random and user scores rank by a per-face key of the whole set
         key = self.key if rows is None else self.key[torch.from_numpy(rows)]
         key = key.to(x.device)
-        return ranking.rank(x, local, off, sizes, "scores", key, self.seed)
+        return ranking.rank(x, local, off, sizes, method="scores", scores=key, seed=self.seed)
 
     def _raise_if_bad(self, bad):
         """Every rank learns the first bad row over all ranks, so all raise together."""
@@ -243,7 +243,8 @@ def select(features, labels, ratio=None, threshold=None, *, scores=None, rank=No
     the indices returned are positions in subset.
     """
     t0 = time.perf_counter()
-    s = settings(ratio, threshold, rank, scores, min_per_identity, per_identity, seed)
+    s = settings(ratio=ratio, threshold=threshold, rank=rank, scores=scores,
+                 min_per_identity=min_per_identity, per_identity=per_identity, seed=seed)
     features = open_features(features)
     labels = open_labels(labels)
     comm = _comm(distributed)
@@ -262,8 +263,9 @@ def select(features, labels, ratio=None, threshold=None, *, scores=None, rank=No
     timings = {"group": time.perf_counter() - t0}
 
     t2 = time.perf_counter()
-    run = BlockRunner(src, order, offsets, sizes, (c_lo, c_hi), rows, s.rank, key, seed,
-                      s.min_keep, comm, dev, progress and comm.main)
+    run = BlockRunner(src, order, offsets, sizes, ident_range=(c_lo, c_hi), block_rows=rows,
+                      method=s.rank, key=key, seed=seed, min_keep=s.min_keep, comm=comm,
+                      device=dev, progress=progress and comm.main)
 
     def first_lanes():  # the sample needs ranked identities: one read to rank them first
         run.rank()
@@ -275,7 +277,7 @@ def select(features, labels, ratio=None, threshold=None, *, scores=None, rank=No
             full = comm.sum(full)
         x_s, order_s = _sample_rows(src, full, offsets, sizes, seed)
         return sample_lanes(x_s.to(dev), order_s.to(dev), offsets.to(dev), sizes.to(dev),
-                            s.min_keep, s.ratio, seed)
+                            min_keep=s.min_keep, ratio=s.ratio, seed=seed)
 
     try:
         keep_pos, thr_used, per_thr = decide(run, s, n, sizes, torch.device("cpu"), first_lanes)
@@ -301,8 +303,9 @@ def select(features, labels, ratio=None, threshold=None, *, scores=None, rank=No
     timings["total"] = time.perf_counter() - t0
     if not return_info:
         return out
-    return out, make_info(s, int(result.numel()), n, uniq, sizes, kept_per, thr_used, per_thr,
-                          run.passes, timings)
+    return out, make_info(s, int(result.numel()), n, uniq=uniq, sizes=sizes, kept_per=kept_per,
+                          threshold=thr_used, thresholds=per_thr, passes=run.passes,
+                          timings=timings)
 
 
 class InPlace:

@@ -69,7 +69,7 @@ def first_pass(src, dev, dtype, order, offsets, sizes, *, span, rows, min_faces)
         off = (offsets[c0:c1 + 1] - lo).to(dev)
         try:
             ranked, norms = ranking.rank(x, local.to(dev), off, sizes[c0:c1].to(dev),
-                                         "centrality", None, 0, with_norms=True)
+                                         method="centrality", with_norms=True)
         except ValueError:
             found = first_bad_in_block(x_h, local, caller)
             bad = found if bad is None else min(bad, found)

@@ -79,8 +79,9 @@ def _select_clean(features, labels, ratio, threshold, kw, *, block_size, max_mem
     if isinstance(labels, (str, os.PathLike)):
         labels = np.load(os.fspath(labels))
     scores = kw.pop("scores")
-    settings(ratio, threshold, kw["rank"], scores, kw["min_per_identity"], kw["per_identity"],
-             kw["seed"])  # bad settings fail before the work
+    settings(ratio=ratio, threshold=threshold, rank=kw["rank"], scores=scores,
+             min_per_identity=kw["min_per_identity"], per_identity=kw["per_identity"],
+             seed=kw["seed"])  # bad settings fail before the work
     t0 = time.perf_counter()
     issues = label_issues(features, labels, device=kw["device"], block_size=block_size,
                           max_memory=max_memory, distributed=distributed)

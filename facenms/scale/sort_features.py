@@ -169,7 +169,7 @@ def _input_order(features, labels, n):
     return order.perm, in_file, ds
 
 
-def sort_features(features, labels, out, perm_out=None, labels_out=None, block_size=None,
+def sort_features(features, labels, out, *, perm_out=None, labels_out=None, block_size=None,
                   max_memory=None, progress=None):
     """Write `features` (a .npy path or array) in ascending label order to `out`.
 
