@@ -205,9 +205,9 @@ def nearest_other(y, own, centres, need=None):
         low = centres.to(torch.bfloat16).T
         keep = []
         for lo in range(0, n, step):
-            sims = torch.mm(y[lo:lo + step].to(torch.bfloat16), low).float()
+            sims = torch.mm(y[lo:lo + step].to(torch.bfloat16), low)
             sims.scatter_(1, own[lo:lo + step, None], -math.inf)
-            keep.append(sims.max(dim=1).values > need[lo:lo + step] - BF16_ERROR)
+            keep.append(sims.max(dim=1).values.float() > need[lo:lo + step] - BF16_ERROR)
         rows = rows[torch.cat(keep)] if keep else rows[:0]
     for lo in range(0, rows.shape[0], step):
         r = rows[lo:lo + step]

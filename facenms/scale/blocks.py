@@ -318,7 +318,6 @@ class InPlace:
         return self.x, torch.from_numpy(pos), None
 
 
-
 class Subset:
     """Some rows of a source, addressed by their positions in `rows` (ascending)."""
 
