@@ -107,8 +107,8 @@ typedef Vec<16>::i v16i;
 // kept faces: B * U accumulators, U + 1 operands. v4 has 32 registers, v3 and
 // the baseline 16 (4 x 3 + 3 + 1 = 16).
 struct IsaV4 { static constexpr int W = 16, B = 4, U = 4; };
-struct IsaV3 { static constexpr int W = 16, B = 4, U = 4; };
-struct IsaBase { static constexpr int W = 16, B = 4, U = 4; };
+struct IsaV3 { static constexpr int W = 8, B = 4, U = 3; };
+struct IsaBase { static constexpr int W = 4, B = 4, U = 3; };
 
 // name(params) calls name##_v4, _v3 or _base: impl<IsaV4 / IsaV3 / IsaBase>
 // compiled for that level (impl and what it inlines take the level's target).

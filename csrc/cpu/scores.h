@@ -13,7 +13,7 @@ namespace {
 
 // One identity: float64 norms of rows `rows` into norms[] and the sum of the
 // unit rows into centre[]. Returns false if a row is zero or not finite.
-// The centre is summed 64 columns at a time over all rows, in registers.
+// The centre is summed a few columns at a time over all rows, in registers.
 template <typename I, typename T>
 FACENMS_INLINE bool load_identity_impl(const T* base, int64_t ld, const int64_t* rows,
                                        int64_t n, int64_t d, double* norms, double* centre) {
@@ -23,14 +23,17 @@ FACENMS_INLINE bool load_identity_impl(const T* base, int64_t ld, const int64_t*
     norms[i] = std::sqrt(dot_f64(src, src, d));
     ok = ok && norms[i] > 0 && std::isfinite(norms[i]);
   }
+  // C columns: eight of the level's float64 registers (each column's sum runs
+  // over the rows in order whatever C is, so every level gets the same bits)
+  constexpr int C = 4 * I::W;
   int64_t k0 = 0;
-  for (; k0 + 64 <= d; k0 += 64) {
-    double acc[64] = {};
+  for (; k0 + C <= d; k0 += C) {
+    double acc[C] = {};
     for (int64_t i = 0; i < n; ++i) {
       if (!(norms[i] > 0) || !std::isfinite(norms[i])) continue;
       const T* src = base + rows[i] * ld + k0;
       const double inv = 1.0 / norms[i];
-      for (int j = 0; j < 64; ++j) acc[j] += to_double(src[j]) * inv;
+      for (int j = 0; j < C; ++j) acc[j] += to_double(src[j]) * inv;
     }
     __builtin_memcpy(centre + k0, acc, sizeof(acc));
   }
