@@ -11,7 +11,7 @@ def add(sub):
     e.add_argument("--keep", required=True, help=".npy of kept indices (from select)")
     e.add_argument("--format", choices=["recordio", "lst", "folder", "npy"], default="recordio")
     e.add_argument("--layout", choices=["im2rec", "insightface"], default=None,
-                   help="RecordIO layout. im2rec (default): keys 0..n-1, read by MXFaceDataset, "
+                   help="RecordIO layout. im2rec (the default): keys 0..n-1, read by MXFaceDataset, "
                         "mx.io.ImageRecordIter and DALI. insightface: header and identity "
                         "records, for tools that need them (DALI and ImageRecordIter cannot "
                         "read it)")
