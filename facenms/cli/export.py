@@ -14,7 +14,7 @@ def add(sub):
                    help="recordio (default): train.rec/.idx/property; lst: an im2rec list; "
                         "folder: one folder per identity; npy: the kept indices")
     e.add_argument("--layout", choices=["im2rec", "insightface"], default=None,
-                   help="RecordIO layout. im2rec (default): keys 0..n-1, read by MXFaceDataset, "
+                   help="RecordIO layout. im2rec (the default): keys 0..n-1, read by MXFaceDataset, "
                         "mx.io.ImageRecordIter and DALI. insightface: header and identity "
                         "records, for tools that need them (DALI and ImageRecordIter cannot "
                         "read it)")

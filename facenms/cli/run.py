@@ -3,7 +3,7 @@ from .common import progress
 
 
 def add(sub):
-    from ..pipeline.run import STAGES
+    from ..pipeline.runconfig import STAGES  # not pipeline.run: torch loads only when run
     r = sub.add_parser("run", help="run every stage from a TOML/YAML config")
     r.add_argument("config")
     r.add_argument("--stages", help="comma-separated subset of %s" % ",".join(STAGES))

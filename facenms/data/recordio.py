@@ -23,13 +23,13 @@ position of the record's first frame in the .rec file.
 """
 import os
 import struct
-import warnings
 import zlib
 from collections import namedtuple
 
 import numpy as np
 
 from ..io import AtomicFiles, Transaction
+from .recfiles import default_idx_path, property_path, read_idx, sample_crc
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -121,69 +121,6 @@ def encode_record(buf):
     return b"".join(out)
 
 
-def default_idx_path(rec_path):
-    rec_path = os.fspath(rec_path)
-    base = rec_path[:-4] if rec_path.endswith(".rec") else rec_path
-    return base + ".idx"
-
-
-def property_path(rec_path):
-    """Where the `num_classes,h,w` file of a .rec lives: `property` beside train.rec
-    (insightface's name, what MXFaceDataset reads), PREFIX.property beside any other
-    PREFIX.rec, so two datasets in one folder never share one."""
-    rec_path = os.fspath(rec_path)
-    folder = os.path.dirname(os.path.abspath(rec_path))
-    if os.path.basename(rec_path) == "train.rec":
-        return os.path.join(folder, "property")
-    base = os.path.basename(rec_path[:-4] if rec_path.endswith(".rec") else rec_path)
-    return os.path.join(folder, base + ".property")
-
-
-def _read_idx(idx_path):
-    """(keys, offsets, crc32 of the file, its size), keys and offsets int64 in file order."""
-    try:
-        with open(idx_path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        rec = idx_path[:-4] + ".rec" if idx_path.endswith(".idx") else "FILE.rec"
-        raise FileNotFoundError("RecordIO index %s not found (it lists `key\\toffset` "
-                                "per record); rebuild it from the .rec with `facenms index %s`"
-                                % (idx_path, rec)) from None
-    lines = raw.count(b"\n") + (1 if raw and not raw.endswith(b"\n") else 0)
-    try:
-        # fromstring parses tens of millions of lines without a Python object per token
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            vals = np.fromstring(raw.decode("ascii"), dtype=np.int64, sep=" ")
-    except (ValueError, UnicodeDecodeError, DeprecationWarning):
-        vals = None
-    if vals is None or len(vals) != 2 * lines:
-        raise ValueError("%s: malformed index, expected one `key\\toffset` line of two "
-                         "integers per record" % idx_path)
-    pairs = vals.reshape(-1, 2)
-    return pairs[:, 0].copy(), pairs[:, 1].copy(), zlib.crc32(raw), len(raw)
-
-
-def sample_crc(fd, size, edge=1 << 16, block=1 << 12, blocks=64):
-    """CRC-32 of a sample of a .rec's bytes (open file descriptor fd, `size` bytes): its
-    first and last 64 KiB and 64 blocks of 4 KiB spread evenly between. What ties a
-    labels sidecar to the records cheaply: records in another order, other images of
-    the same sizes or a rewritten stretch change it."""
-    if size <= 2 * edge + blocks * block:
-        spots = [(0, size)]
-    else:
-        step = (size - 2 * edge - block) // (blocks - 1)
-        spots = [(0, edge), (size - edge, edge)] + [(edge + k * step, block)
-                                                   for k in range(blocks)]
-    crc = zlib.crc32(b"%d:" % size)
-    for pos, n in spots:
-        data = os.pread(fd, n, pos)
-        if len(data) != n:
-            raise ValueError("file shorter than %d bytes" % size)
-        crc = zlib.crc32(data, crc)
-    return crc
-
-
 class RecordIO:
     """Random access reader of a .rec file through its .idx.
 
@@ -199,7 +136,7 @@ class RecordIO:
         self.idx_path = os.fspath(idx_path) if idx_path is not None else default_idx_path(rec_path)
         if not os.path.isfile(self.rec_path):
             raise FileNotFoundError("RecordIO file %s not found" % self.rec_path)
-        self.keys, self.offsets, self.idx_crc, self.idx_bytes = _read_idx(self.idx_path)
+        self.keys, self.offsets, self.idx_crc, self.idx_bytes = read_idx(self.idx_path)
         self.size = os.path.getsize(self.rec_path)
         if len(self.keys) == 0 and self.size > 0:
             raise ValueError("%s: the RecordIO index is empty (0 records) but %s holds %d bytes; "
