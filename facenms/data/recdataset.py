@@ -29,8 +29,8 @@ import numpy as np
 
 from ..io import AtomicFiles, recover
 from .base import FaceDataset, image_format
-from .recordio import (IRHeader, RecordIO, RecordIOWriter, default_idx_path, pack,
-                       property_path, unpack)
+from .recfiles import default_idx_path, property_path
+from .recordio import IRHeader, RecordIO, RecordIOWriter, pack, unpack
 
 F32_EXACT = 1 << 24  # float32 holds every integer up to here, and not all beyond
 
@@ -282,6 +282,26 @@ class RecordDataset(FaceDataset):
         return "%s record key %d" % (self.rec_path, self.key(i))
 
 
+def _check_face_labels(labels, num_classes, layout):
+    """The number of classes, once labels and layout are known to fit RecordIO."""
+    if layout not in ("insightface", "im2rec"):
+        raise ValueError("layout must be 'insightface' or 'im2rec', got %r" % (layout,))
+    n = len(labels)
+    c = int(num_classes) if num_classes is not None else (int(labels.max()) + 1 if n else 0)
+    if n and (labels.min() < 0 or labels.max() >= c):
+        raise ValueError("labels must lie in [0, %d)" % c)
+    if c > F32_EXACT:
+        raise ValueError("%d classes: float32 labels are exact only up to 2**24" % c)
+    if layout == "insightface":
+        if np.any(np.diff(labels) < 0):
+            raise ValueError("the insightface layout needs labels grouped (non-decreasing)")
+        if n + 1 + c > F32_EXACT:
+            raise ValueError("%d images + %d identities: the insightface header stores record "
+                             "keys as float32, exact only up to 2**24; use layout='im2rec'"
+                             % (n, c))
+    return c
+
+
 def write_face_recordio(rec_path, labels, payloads, *, num_classes=None, image_size=None,
                         layout="insightface", files=None, labels_sidecar=True):
     """Write images as a face RecordIO dataset: rec, idx and `property` beside them.
@@ -296,22 +316,9 @@ def write_face_recordio(rec_path, labels, payloads, *, num_classes=None, image_s
     .idx by its CRC and size), which RecordDataset reads instead of every
     image header.
     """
-    if layout not in ("insightface", "im2rec"):
-        raise ValueError("layout must be 'insightface' or 'im2rec', got %r" % (layout,))
     labels = np.asarray(labels, dtype=np.int64)
     n = len(labels)
-    c = int(num_classes) if num_classes is not None else (int(labels.max()) + 1 if n else 0)
-    if n and (labels.min() < 0 or labels.max() >= c):
-        raise ValueError("labels must lie in [0, %d)" % c)
-    if c > F32_EXACT:
-        raise ValueError("%d classes: float32 labels are exact only up to 2**24" % c)
-    if layout == "insightface":
-        if np.any(np.diff(labels) < 0):
-            raise ValueError("the insightface layout needs labels grouped (non-decreasing)")
-        if n + 1 + c > F32_EXACT:
-            raise ValueError("%d images + %d identities: the insightface header stores record "
-                             "keys as float32, exact only up to 2**24; use layout='im2rec'"
-                             % (n, c))
+    c = _check_face_labels(labels, num_classes, layout)
     own = files is None
     files = AtomicFiles() if own else files
     try:

@@ -3,7 +3,8 @@ written without one (rec2shufrec.py) or whose index was lost."""
 import os
 
 from ..io import AtomicFiles, check_not_inputs
-from .recordio import FRAME, LEN_MASK, MAGIC, default_idx_path, pad_length, property_path
+from .recfiles import default_idx_path, property_path
+from .recordio import FRAME, LEN_MASK, MAGIC, pad_length
 
 __all__ = ["scan_records", "build_index", "companion_files"]
 

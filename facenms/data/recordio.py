@@ -29,7 +29,7 @@ from collections import namedtuple
 import numpy as np
 
 from ..io import AtomicFiles, Transaction
-from .recfiles import default_idx_path, property_path, read_idx, sample_crc
+from .recfiles import default_idx_path, read_idx, sample_crc
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)

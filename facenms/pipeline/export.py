@@ -1,12 +1,19 @@
 """Export a core set: kept indices, .lst files, a RecordIO subset, an image-folder tree.
 
 Every output is written under a temporary name and moved into place when
-complete (facenms.data.atomic): a directory export is swapped in with one
+complete (facenms.io): a directory export is swapped in with one
 rename, a group of files in a shared folder is committed under a journal. A
 failure midway - an image that does not decode, a full disk, a kill - leaves
 the previous state, never a half-written output. Before any work the outputs
 are checked against the inputs (same file or folder: refused) and against
 the free space of their file system.
+
+RecordIO layouts. "im2rec" (the default): keys 0..n-1, each image with its
+own label, no header or identity records: what MXFaceDataset,
+mx.io.ImageRecordIter and DALI's readers.mxnet all read, at any size.
+"insightface": the header record 0 and identity records (empty payloads)
+that some insightface tools want; DALI and ImageRecordIter cannot read it,
+and its float32 keys limit it to 2**24 images + identities.
 """
 import glob
 import io
@@ -20,7 +27,7 @@ from ..io import AtomicDir, AtomicFiles, check_not_inputs, check_writable, user_
 from ..data.base import check_image, decode_image, image_format
 from ..data.imagefolder import ImageFolderDataset
 from ..data.recdataset import RecordDataset, labels_sidecar_path, write_face_recordio
-from ..data.recordio import property_path
+from ..data.recfiles import property_path
 
 # formats insightface (OpenCV imdecode), mxnet and DALI all decode; others are re-encoded
 _REC_FORMATS = {"JPEG": "jpg", "PNG": "png", "BMP": "bmp"}
@@ -233,12 +240,7 @@ def write_recordio(out, dataset, keep, *, layout="im2rec", shuffle=False, seed=0
     MXFaceDataset reads), so exports into one folder never share one.
     An empty keep is refused unless allow_empty=True.
 
-    layout="im2rec" (the default): keys 0..n-1, each image with its own label,
-    no header or identity records: what MXFaceDataset, mx.io.ImageRecordIter
-    and DALI's readers.mxnet all read, at any size. layout="insightface": the
-    header record 0 and identity records (empty payloads) that some
-    insightface tools want; DALI and ImageRecordIter cannot read it, and its
-    float32 keys limit it to 2**24 images + identities.
+    layout: "im2rec" (default) or "insightface", see the module docstring.
     shuffle: a seeded random record order (keys and labels stay dense), as
     DALI training wants; im2rec layout only. Otherwise faces are grouped by
     identity (identity order, then dataset order).
@@ -246,15 +248,10 @@ def write_recordio(out, dataset, keep, *, layout="im2rec", shuffle=False, seed=0
     full decode) or "none"; a bad image fails the export, naming its record,
     before anything is committed. Image bytes are copied as they are (JPEG,
     PNG and BMP; other formats are re-encoded as PNG).
-    inputs: other files the export must not replace (e.g. the keep file).
-    progress: optional wrapper of the index iterable, e.g. tqdm.
+    inputs: files the export must not replace; progress: a wrapper of the indices.
     Returns a dict of the written paths and num_classes / num_image.
     """
-    if layout not in ("insightface", "im2rec"):
-        raise ValueError("layout must be 'insightface' or 'im2rec', got %r" % (layout,))
-    if shuffle and layout == "insightface":
-        raise ValueError("the insightface layout keeps each identity's images together; "
-                         "shuffle needs layout='im2rec'")
+    _check_layout(layout, shuffle)
     keep = _keep_array(keep, len(dataset))
     out = os.fspath(out)
     as_dir = not out.endswith(".rec")
@@ -264,12 +261,8 @@ def write_recordio(out, dataset, keep, *, layout="im2rec", shuffle=False, seed=0
     outputs = [out] if as_dir else [rec, idxp, prop, mapp, labels_sidecar_path(rec)]
     _guard(outputs, dataset, inputs, need)
     _not_empty(keep, allow_empty)
-    if as_dir and os.path.isdir(out):
-        sub = sorted(e.name for e in os.scandir(out) if e.is_dir(follow_symlinks=False))
-        if sub:
-            # replacing a folder that holds folders could be replacing something else entirely
-            raise FileExistsError("%s holds folders (%s): not a RecordIO export; choose a new or "
-                                  "empty output folder" % (out, ", ".join(sub[:3])))
+    if as_dir:
+        _check_not_a_tree(out)
     idx, old, new = _order(dataset, keep, shuffle, seed)
     d = AtomicDir(out, overwrite=True, keep_others=lambda n: not _export_owned(n)) \
         if as_dir else None
@@ -281,27 +274,52 @@ def write_recordio(out, dataset, keep, *, layout="im2rec", shuffle=False, seed=0
         write_face_recordio(rec, new, payloads, num_classes=len(old),
                             image_size=dataset.image_size, layout=layout, files=files)
         np.save(files.open(mapp), _label_map(old))
-        names = []
-        for b in bins:
-            name = os.path.basename(b)
-            with open(b, "rb") as src, files.open(os.path.join(d.tmp, name)) as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-            names.append(name[:-4])
-        if d is not None:
+        if d is not None:  # a directory export is ready to train: .bin files and a config
+            names = [_copy_into(d, files, b)[:-4] for b in bins]
             with files.open(os.path.join(d.tmp, "arcface_config.py"), "w") as f:
                 f.write(arcface_config(out, len(old), len(idx), names))
         files.commit()
     except BaseException as e:
         files.abort()
         _reraise(e, out)
+    return _recordio_result(out, as_dir, len(old), len(idx), bins)
+
+
+def _recordio_result(out, as_dir, num_classes, num_image, bins):
+    """What write_recordio wrote, by role, and the set's size."""
     rec, idxp, prop, mapp = rec_paths(out)
     res = {"rec": rec, "idx": idxp, "property": prop, "label_map": mapp,
-           "labels": labels_sidecar_path(rec), "num_classes": int(len(old)),
-           "num_image": int(len(idx)), "bins": [os.path.join(out, os.path.basename(b))
-                                                 for b in bins]}
+           "labels": labels_sidecar_path(rec), "num_classes": int(num_classes),
+           "num_image": int(num_image), "bins": [os.path.join(out, os.path.basename(b))
+                                                  for b in bins]}
     if as_dir:
         res["config"] = os.path.join(out, "arcface_config.py")
     return res
+
+
+def _check_layout(layout, shuffle):
+    if layout not in ("insightface", "im2rec"):
+        raise ValueError("layout must be 'insightface' or 'im2rec', got %r" % (layout,))
+    if shuffle and layout == "insightface":
+        raise ValueError("the insightface layout keeps each identity's images together; "
+                         "shuffle needs layout='im2rec'")
+
+
+def _check_not_a_tree(out):
+    """Replacing a folder that holds folders could be replacing something else entirely."""
+    if os.path.isdir(out):
+        sub = sorted(e.name for e in os.scandir(out) if e.is_dir(follow_symlinks=False))
+        if sub:
+            raise FileExistsError("%s holds folders (%s): not a RecordIO export; choose a new or "
+                                  "empty output folder" % (out, ", ".join(sub[:3])))
+
+
+def _copy_into(d, files, path):
+    """Copy a file into the tree being built; its name."""
+    name = os.path.basename(path)
+    with open(path, "rb") as src, files.open(os.path.join(d.tmp, name)) as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    return name
 
 
 def _write_file(path, data):

@@ -252,11 +252,7 @@ def select(features, labels, ratio=None, threshold=None, *, scores=None, rank=No
     if subset is not None:
         src, n = Subset(src, subset, n), len(subset)
     uniq, order, offsets, sizes = group(labels, n, torch.device("cpu"))
-    key = None
-    if scores is not None:
-        key = check_scores(scores, n, "cpu")
-    elif s.rank == "random":  # the same draw as in memory
-        key = ranking.random_key(n, seed)
+    key = _rank_key(s.rank, scores, n, seed)
     bounds = split_identities(sizes.numpy(), comm.world)
     c_lo, c_hi = int(bounds[comm.rank]), int(bounds[comm.rank + 1])
     rows = block_rows(d, itemsize, block_size, max_memory)
@@ -288,17 +284,7 @@ def select(features, labels, ratio=None, threshold=None, *, scores=None, rank=No
     timings["passes"] = time.perf_counter() - t2
     timings.update(run.seconds)
 
-    a, b = int(offsets[c_lo]), int(offsets[c_hi])
-    mine = run.order[a:b][keep_pos[a:b]]
-    kept_per = torch.zeros(len(uniq), dtype=torch.int64)
-    kept_per[c_lo:c_hi] = kept_per_identity(keep_pos[a:b], sizes[c_lo:c_hi])
-    if comm.world > 1:
-        mask = torch.zeros(n, dtype=torch.uint8)
-        mask[mine] = 1
-        result = torch.nonzero(comm.sum(mask)).reshape(-1)
-        kept_per = comm.sum(kept_per)
-    else:
-        result = torch.sort(mine).values
+    result, kept_per = _gather(run, keep_pos, comm, offsets, sizes, (c_lo, c_hi))
     out = to_family(result.to(dev), features)
     timings["total"] = time.perf_counter() - t0
     if not return_info:
@@ -306,6 +292,29 @@ def select(features, labels, ratio=None, threshold=None, *, scores=None, rank=No
     return out, make_info(s, int(result.numel()), n, uniq=uniq, sizes=sizes, kept_per=kept_per,
                           threshold=thr_used, thresholds=per_thr, passes=run.passes,
                           timings=timings)
+
+
+def _rank_key(method, scores, n, seed):
+    """The per-face key that random and user-score ranking sort by, None for the others."""
+    if scores is not None:
+        return check_scores(scores, n, "cpu")
+    if method == "random":  # the same draw as in memory
+        return ranking.random_key(n, seed)
+    return None
+
+
+def _gather(run, keep_pos, comm, offsets, sizes, ident_range):
+    """The kept faces (sorted) and kept counts per identity of every rank, on every rank."""
+    c_lo, c_hi = ident_range
+    a, b = int(offsets[c_lo]), int(offsets[c_hi])
+    mine = run.order[a:b][keep_pos[a:b]]
+    kept_per = torch.zeros(len(sizes), dtype=torch.int64)
+    kept_per[c_lo:c_hi] = kept_per_identity(keep_pos[a:b], sizes[c_lo:c_hi])
+    if comm.world == 1:
+        return torch.sort(mine).values, kept_per
+    mask = torch.zeros(len(run.order), dtype=torch.uint8)
+    mask[mine] = 1
+    return torch.nonzero(comm.sum(mask)).reshape(-1), comm.sum(kept_per)
 
 
 class InPlace:
