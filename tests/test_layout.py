@@ -131,3 +131,23 @@ def test_pure_python_layers_load_without_the_extension():
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert "facenms._C" in p.stdout
+
+
+def test_small_modules_and_signatures():
+    """Modules under 400 lines; functions of at most 60 lines and 6 positional parameters
+    (more options are keyword-only)."""
+    bad = []
+    for name, path in MODULES.items():
+        src = open(path).read()
+        if len(src.splitlines()) > 400:
+            bad.append("%s: %d lines" % (name, len(src.splitlines())))
+        for node in ast.walk(ast.parse(src, path)):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            args = node.args.posonlyargs + node.args.args
+            positional = len(args) - (1 if args and args[0].arg in ("self", "cls") else 0)
+            lines = node.end_lineno - node.lineno + 1
+            if lines > 60 or positional > 6:
+                bad.append("%s.%s: %d lines, %d positional" % (name, node.name, lines,
+                                                                positional))
+    assert not bad, bad
