@@ -65,21 +65,42 @@ def rank_nms(x: torch.Tensor, order: torch.Tensor, offsets: torch.Tensor,
 
 def _register_fakes():
     """Output shapes without running anything (called once _C has defined the ops)."""
+    def check_csr(x, order, offsets):  # what the kernels' TORCH_CHECKs ask of every op
+        torch._check(x.dim() == 2, lambda: "x must be 2-D (faces x dims)")
+        torch._check(order.dim() == 1 and order.dtype == torch.int64,
+                     lambda: "order must be a 1-D int64 tensor")
+        torch._check(offsets.dim() == 1 and offsets.dtype == torch.int64,
+                     lambda: "offsets must be a 1-D int64 tensor")
+
+    def check_thresholds(offsets, thresholds):
+        torch._check(thresholds.dtype == torch.float64, lambda: "thresholds must be float64")
+        torch._check(thresholds.dim() in (1, 2), lambda: "thresholds must be T or C x T")
+        if thresholds.dim() == 2:
+            torch._check(thresholds.shape[0] == offsets.shape[0] - 1,
+                         lambda: "C x T thresholds need one row per identity")
+
     @torch.library.register_fake("facenms::prepare")
     def _prepare_fake(x, order, offsets):
+        check_csr(x, order, offsets)
         n = order.shape[0]
         return x.new_empty((n,), dtype=torch.float64), x.new_empty((n,), dtype=torch.float64)
 
     @torch.library.register_fake("facenms::nms")
     def _nms_fake(x, order, offsets, thresholds, min_keep):
+        check_csr(x, order, offsets)
+        check_thresholds(offsets, thresholds)
         return (order.new_empty(order.shape, dtype=torch.int64),
                 order.new_empty(thresholds.shape, dtype=torch.int64))
 
     @torch.library.register_fake("facenms::nms_with_norms")
     def _nms_with_norms_fake(x, order, offsets, thresholds, min_keep, norms):
+        torch._check(norms.dtype == torch.float64 and norms.shape == order.shape,
+                     lambda: "norms must be float64, one per row of order")
         return _nms_fake(x, order, offsets, thresholds, min_keep)
 
     @torch.library.register_fake("facenms::rank_nms")
     def _rank_nms_fake(x, order, offsets, thresholds, min_keep, centrality):
+        check_csr(x, order, offsets)
+        check_thresholds(offsets, thresholds)
         return (torch.empty_like(order), order.new_empty(order.shape),
                 order.new_empty(thresholds.shape), order.new_empty(()))

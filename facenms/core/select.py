@@ -6,7 +6,7 @@ rank order once, and every pass sees that order.
 """
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -137,8 +137,9 @@ def select(features, labels, ratio=None, threshold=None, *, scores=None, rank=No
                           thresholds=per_thr, passes=run.passes, timings=timings)
 
 
-def curve(features, labels, thresholds=None, *, scores=None, rank=None, min_per_identity=1,
-          seed=0, device=None, progress=False):
+def curve(features, labels, thresholds=None, *, scores=None, rank: Optional[str] = None,
+          min_per_identity: int = 1, seed: int = 0, device=None, progress: bool = False
+          ) -> Tuple[np.ndarray, np.ndarray]:
     """Kept ratio at up to 64 thresholds, from one pass.
 
     Returns (thresholds, ratios) as numpy arrays. Default thresholds: 64

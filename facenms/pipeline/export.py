@@ -79,7 +79,7 @@ def _reraise(e, final):
     raise e
 
 
-def save_indices(path, keep, inputs=(), dataset=None, allow_empty=True):
+def save_indices(path, keep, inputs=(), dataset=None, *, allow_empty: bool = True) -> str:
     """Kept indices as an int64 .npy file.
 
     inputs (e.g. the keep file) and dataset's files are never replaced.

@@ -14,6 +14,7 @@ works in, and how a resume checks them, are described in feature_file.
 import hashlib
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -48,9 +49,11 @@ def _embed(net, x, device, amp, flip):
     return e.float()
 
 
-def extract(dataset, model, out_path, *, batch_size=256, workers=None, amp="auto", flip=False,
-            device=None, input_size=None, mean=127.5, std=127.5, channel_order="rgb",
-            labels_path=None, resume=True, progress=True, sync_every=10.0, pin_memory=None):
+def extract(dataset, model, out_path, *, batch_size: int = 256, workers: Optional[int] = None,
+            amp: Optional[str] = "auto", flip: bool = False, device=None,
+            input_size: Optional[int] = None, mean=127.5, std=127.5, channel_order: str = "rgb",
+            labels_path=None, resume: bool = True, progress: bool = True,
+            sync_every: float = 10.0, pin_memory: Optional[bool] = None) -> str:
     """Embeds every face of ``dataset`` with ``model`` into ``out_path`` (N x d
     float16 .npy, rows L2-normalised) and its labels into ``labels_path``
     (default: labels.npy beside); returns ``out_path``.
@@ -64,9 +67,8 @@ def extract(dataset, model, out_path, *, batch_size=256, workers=None, amp="auto
     per channel in the model's channel order, (x - 127.5) / 127.5 as
     insightface; ``channel_order``: "rgb" or "bgr", what the model takes (the
     layout, NCHW or NHWC, comes from an ONNX model's input shape).
-    ``workers``: DataLoader processes (default: from the device and the core
-    count, see ``runtime.default_workers``); ``pin_memory``: page-locked
-    batches for the copy to a GPU (default: on CUDA).
+    ``workers``: DataLoader processes (default: runtime.default_workers);
+    ``pin_memory``: page-locked batches for the copy to a GPU (default: on CUDA).
     Under torchrun every rank takes a contiguous share of the batches still to
     do, into the same file; rank 0 finishes it. With ``resume`` a finished
     output with the same settings is kept as is and an unfinished one is

@@ -14,6 +14,7 @@ import os
 import time
 import warnings
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -144,12 +145,15 @@ def _summary(config, ck_path, history, n_faces, n_classes, *, seconds=None, trai
     return "%s; %s; %s -> %s" % (head, body, tail, ck_path)
 
 
-def train_proxy(dataset, out_dir, *, subset="identities", fraction=0.1, seed=0,
-                backbone="iresnet18", head="arcface", embedding_size=512, input_size=112,
-                epochs=10, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4,
-                schedule="cosine", warmup_epochs=0.0, scale=64.0, margin=None,
-                model_kwargs=None, amp="auto", workers=None, resume=True, log_every=50,
-                device=None, progress=True, clip_grad=5.0):
+def train_proxy(dataset, out_dir, *, subset: str = "identities", fraction: float = 0.1,
+                seed: int = 0, backbone: str = "iresnet18", head: str = "arcface",
+                embedding_size: int = 512, input_size: int = 112, epochs: int = 10,
+                batch_size: int = 128, lr: float = 0.1, momentum: float = 0.9,
+                weight_decay: float = 5e-4, schedule: str = "cosine",
+                warmup_epochs: float = 0.0, scale: float = 64.0, margin: Optional[float] = None,
+                model_kwargs: Optional[dict] = None, amp: Optional[str] = "auto",
+                workers: Optional[int] = None, resume: bool = True, log_every: int = 50,
+                device=None, progress: bool = True, clip_grad: float = 5.0) -> str:
     """Trains a proxy model and returns the path of its checkpoint
     (``out_dir/proxy.pt``). ``dataset``: a path for facenms.data.open_dataset
     or a FaceDataset. ``batch_size`` is per process; under torchrun every rank

@@ -42,6 +42,7 @@ written atomically, so a run can be killed and started again.
 import json
 import os
 import time
+from typing import Dict, Sequence, Union
 
 from ..io import load_features, load_indices, load_labels
 from ..scale.dist import is_main
@@ -146,7 +147,8 @@ def _up_to_date(stamp_path, stamp, outputs):
     return done.get("outputs") == {os.fspath(p): _id(p) for p in outputs}
 
 
-def run(config, stages=STAGES, progress=True):
+def run(config: Union[str, os.PathLike, dict], stages: Sequence[str] = STAGES,
+        progress: bool = True) -> Dict[str, str]:
     """Run the stages of a config (a dict or a path); returns the paths written.
 
     The whole config is checked first (see check), so a bad setting of a late
