@@ -37,11 +37,18 @@ def device(request):
 # ---------------------------------------------------- proxy training and extraction
 
 @pytest.fixture(scope="session")
-def tiny_npz(tmp_path_factory):
-    """tests/tinyfaces.py's in-memory dataset, saved for worker processes to load."""
+def tiny_faces():
+    """tests/tinyfaces.py's in-memory dataset: 6 identities of 8 faces of 32 x 32."""
+    import tinyfaces
+    return tinyfaces.make(n_ids=6, per_id=8, size=32, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_npz(tmp_path_factory, tiny_faces):
+    """tiny_faces saved for worker processes to load."""
     import tinyfaces
     path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    tinyfaces.save(tinyfaces.make(n_ids=6, per_id=8, size=32, seed=0), path)
+    tinyfaces.save(tiny_faces, path)
     return path
 
 

@@ -18,9 +18,12 @@ def free_port():
 
 
 def child_env(threads=1):
+    """The environment of a child process: this checkout first on its path, and
+    `threads` OpenMP threads (None: as this process has)."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    env["OMP_NUM_THREADS"] = str(threads)
+    env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in [env.get("PYTHONPATH")] if p])
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     return env
 
 

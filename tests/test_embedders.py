@@ -16,12 +16,8 @@ from facenms.pipeline.extract import extract
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 # the TorchScript ONNX exporter warns that it is deprecated
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _threads(one_thread):
-    """Every test here, module fixtures included, runs on one thread."""
+pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning"),
+              pytest.mark.usefixtures("one_thread")]  # every test and module fixture
 
 
 @pytest.fixture(scope="module")

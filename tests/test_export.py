@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from procs import child_env
 from facenms.pipeline import export
 from facenms.data import RecordIO, open_dataset, synthetic, unpack, write_face_recordio
 
@@ -275,8 +276,7 @@ export.write_recordio(out, ds, list(range(len(ds))), progress=progress)
 
 def test_killed_export_leaves_no_final_output(tmp_path, folder):
     marker = tmp_path / "marker"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [os.path.dirname(HERE)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    env = child_env(threads=None)
     proc = subprocess.Popen([sys.executable, "-c", KILLED_EXPORT, folder.root,
                              str(tmp_path / "out"), str(marker)], env=env)
     try:

@@ -19,19 +19,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from procs import child_env
 from facenms.data import open_dataset, synthetic, write_face_recordio
 from facenms.io import recover, sweep_stale
 from facenms.io.owners import temp_name
 from facenms.pipeline import export
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 KILLED = 17
 
 
 def env():
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    return child_env(threads=None)
 
 
 def snapshot(paths):

@@ -14,20 +14,18 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from PIL import Image
 
+from procs import child_env
 from facenms.data import (IRHeader, RecordIO, RecordIOWriter, open_dataset, pack, read_property,
                           synthetic, unpack, write_face_recordio)
 from facenms.data.base import check_image
 from facenms.data.recdataset import labels_sidecar_path
 from facenms.pipeline import export
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 KW = dict(num_identities=4, images_per_identity=(4, 5), size=12, seed=3)
 
 
 def env():
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    return child_env(threads=None)
 
 
 def cli(*args):

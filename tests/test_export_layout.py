@@ -6,12 +6,12 @@ import sys
 import numpy as np
 import pytest
 
+from procs import child_env
 from facenms.data import RecordIO, open_dataset, synthetic, unpack
 from facenms.data.recdataset import labels_sidecar_path
 from facenms.eval.verification import load_bin, write_bin
 from facenms.pipeline import export
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +110,7 @@ def test_bins_copied_and_arcface_config(tmp_path, src):
 
 def test_cli_prints_num_classes_and_num_image(tmp_path, src):
     np.save(tmp_path / "keep.npy", np.arange(5))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [os.path.dirname(HERE)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    env = child_env(threads=None)
     r = subprocess.run([sys.executable, "-m", "facenms", "export", "--dataset", str(src),
                         "--keep", str(tmp_path / "keep.npy"), "--out", str(tmp_path / "core"),
                         "--shuffle"], capture_output=True, text=True, env=env)

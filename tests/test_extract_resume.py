@@ -15,15 +15,12 @@ from facenms.pipeline.extract import MARK, batches_done, extract
 
 BS = 4  # 48 faces -> 12 batches
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _threads(one_thread):
-    """Every test here, module fixtures included, runs on one thread."""
+pytestmark = pytest.mark.usefixtures("one_thread")  # every test and module fixture
 
 
 @pytest.fixture(scope="module")
-def ds():
-    return tinyfaces.make(n_ids=6, per_id=8, size=32, seed=0)
+def ds(tiny_faces):
+    return tiny_faces
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,7 @@ from facenms.models import HEADS, MODELS, get_head, get_model
 from facenms.pipeline.proxy import (lr_factor, load_checkpoint, load_proxy, proxy_subset,
                            train_proxy)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _threads(one_thread):
-    """Every test here, module fixtures included, runs on one thread."""
+pytestmark = pytest.mark.usefixtures("one_thread")  # every test and module fixture
 
 
 TINY = dict(backbone="iresnet", model_kwargs=dict(layers=(1, 1, 1, 1), width=8),

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from procs import child_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIX = os.path.join(HERE, "fixtures")
@@ -17,8 +18,7 @@ FIX = os.path.join(HERE, "fixtures")
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
     out = tmp_path_factory.mktemp("readers")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [os.path.dirname(HERE)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    env = child_env(threads=None)
     subprocess.run([sys.executable, os.path.join(FIX, "write_for_readers.py"), str(out)],
                    check=True, env=env, capture_output=True)
     return out

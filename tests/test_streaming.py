@@ -9,6 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
+from procs import child_env
 import facenms
 from facenms import cli
 from facenms.scale import blocks as streaming, reader
@@ -188,8 +189,7 @@ def _free_port():
 def test_two_process_torchrun_equals_one_process(shuffled, tmp_path):
     x, labels, path, lpath, want = shuffled
     out = str(tmp_path / "dist.npz")
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]))
+    env = child_env()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
            "--master_addr=127.0.0.1", "--master_port=%d" % _free_port(),
            os.path.join(HERE, "dist_select.py"), path, lpath, out]
