@@ -32,6 +32,8 @@ class SelectionInfo:
     thresholds: Optional[np.ndarray] = None  # per identity, with per_identity=True
     passes: int = 0  # NMS passes over the whole set (not counting the sample's)
     label_issues: int = 0  # faces dropped as label issues first (select(clean=True))
+    # with clean=True: (their indices, the LabelIssuesInfo that found them)
+    issues: Optional[tuple] = field(default=None, repr=False, compare=False)
     timings: Dict[str, float] = field(default_factory=dict)
 
     @property

@@ -248,9 +248,8 @@ def _select(cfg, paths, progress):
     labels = load_labels(paths["labels"])
     keep, info = select(feats, labels, return_info=True, progress=progress, **sel)
     if sel.get("clean"):  # the faces select(clean=True) dropped, for the user to look at
-        from ..scale.dispatch import label_issues
         from .cleaning import write_label_issues
-        issues, found = label_issues(feats, labels, return_info=True)
+        issues, found = info.issues
         write_label_issues(paths["label_issues"], issues, labels, found)
     save_indices(paths["keep"], keep)
     stamp = _stamp(sel, {"features": paths["features"], "labels": paths["labels"]}, outputs)

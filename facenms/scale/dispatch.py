@@ -83,8 +83,9 @@ def _select_clean(features, labels, ratio, threshold, kw, *, block_size, max_mem
              min_per_identity=kw["min_per_identity"], per_identity=kw["per_identity"],
              seed=kw["seed"])  # bad settings fail before the work
     t0 = time.perf_counter()
-    issues = label_issues(features, labels, device=kw["device"], block_size=block_size,
-                          max_memory=max_memory, distributed=distributed)
+    issues, found = label_issues(features, labels, device=kw["device"], block_size=block_size,
+                                 max_memory=max_memory, distributed=distributed,
+                                 return_info=True)
     issues = np.asarray(torch.as_tensor(issues).cpu()) if not isinstance(issues, np.ndarray) \
         else issues
     features = open_features(features) if stream else features
@@ -116,7 +117,7 @@ def _select_clean(features, labels, ratio, threshold, kw, *, block_size, max_mem
     return out, dataclasses.replace(info, n_faces=n, timings=timings,
                                     ratio=info.kept / n if n else 0.0,
                                     target_ratio=ratio if threshold is None else None,
-                                    label_issues=len(issues))
+                                    label_issues=len(issues), issues=(issues, found))
 
 
 def _take(a, rows):
