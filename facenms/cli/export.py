@@ -63,44 +63,38 @@ def run(args):
     args.mode = args.mode or "symlink"
     from ..data import open_dataset
     from ..io import check_not_inputs, check_writable
-    from ..pipeline import export
+    from ..pipeline.core_set import write_core_set
     # before opening the dataset (reading 42M labels can take minutes): the output must be
     # writable and must not be one of the inputs; the export checks the rest, with sizes
     check_not_inputs([args.out], [args.dataset, args.keep])
     check_writable(args.out)
     ds = open_dataset(args.dataset)
     keep = load_array(args.keep, "keep", mmap=False)
+
     def bar(it):
         return progress_bar(True, it, total=len(keep), unit="img", desc="export", leave=False)
     t = time.perf_counter()
-    inputs = [args.keep]
+    options = dict(inputs=[args.keep], allow_empty=args.allow_empty, **{
+        "recordio": dict(layout=args.layout, shuffle=args.shuffle, seed=args.seed,
+                         verify=args.verify, copy_bins=not args.no_bins, progress=bar),
+        "lst": dict(shuffle=args.shuffle, seed=args.seed, verify=args.verify, progress=bar,
+                    rec_names=args.rec_names),
+        "folder": dict(mode=args.mode, verify=args.verify, overwrite=args.overwrite,
+                       progress=bar),
+        "npy": {}}[args.format])
+    where, _, res = write_core_set(args.format, args.out, ds, keep, **options)
     extra = ""
     if args.format == "recordio":
-        res = export.write_recordio(args.out, ds, keep, layout=args.layout, shuffle=args.shuffle,
-                                    seed=args.seed, verify=args.verify,
-                                    copy_bins=not args.no_bins, progress=bar, inputs=inputs,
-                                    allow_empty=args.allow_empty)
-        where = res["rec"]
         extra = "\nnum_classes = %d\nnum_image = %d" % (res["num_classes"], res["num_image"])
         if res["bins"]:
             extra += "\nverification files: %s" % ", ".join(res["bins"])
         if res.get("config"):
             extra += "\narcface_torch config: %s" % res["config"]
     elif args.format == "lst":
-        where = export.write_lst(args.out, ds, keep, shuffle=args.shuffle, seed=args.seed,
-                                 verify=args.verify, progress=bar, inputs=inputs,
-                                 allow_empty=args.allow_empty, rec_names=args.rec_names)
         root = getattr(ds, "root", None)
         if root:
             extra = ("\nnext: python -m mxnet.tools.im2rec --pass-through %s %s"
                      % (where[:-4] if where.endswith(".lst") else where, root))
-    elif args.format == "folder":
-        where = export.write_imagefolder(args.out, ds, keep, mode=args.mode, verify=args.verify,
-                                         overwrite=args.overwrite, progress=bar, inputs=inputs,
-                                         allow_empty=args.allow_empty)
-    else:
-        where = export.save_indices(args.out, keep, inputs=inputs, dataset=ds,
-                                    allow_empty=args.allow_empty)
     print("facenms export: %d of %d images (%.1f%%) as %s -> %s in %.1f s%s" % (
         len(keep), len(ds), 100 * len(keep) / max(1, len(ds)), args.format, where,
         time.perf_counter() - t, extra))

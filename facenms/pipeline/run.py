@@ -258,7 +258,7 @@ def _select(cfg, paths, progress):
 
 
 def _export(cfg, ds, paths, data_id):
-    from . import export as ex
+    from .core_set import write_core_set
     exp = normalised(cfg, "export")
     settings = dict(exp)
     fmt, out = exp.pop("format"), export_out(cfg)
@@ -271,21 +271,11 @@ def _export(cfg, ds, paths, data_id):
         _log("export", "already done: %s" % out)
         return
     keep = load_indices(paths["keep"])
-    if fmt == "npy":
-        written = [ex.save_indices(out, keep, **exp)]
-    elif fmt == "folder":
+    if fmt == "folder":
         # a tree is replaced only when this run wrote it (or the config says so)
         mine = (done.get("settings") or {}).get("out") == settings["out"]
         exp["overwrite"] = bool(exp.get("overwrite")) or mine
-        written = [ex.write_imagefolder(out, ds, keep, **exp)]
-    elif fmt == "lst":
-        written = [ex.write_lst(out, ds, keep, **exp)]
-        written.append((written[0][:-4] if written[0].endswith(".lst") else written[0])
-                       + ".label_map.npy")
-    else:
-        res = ex.write_recordio(out, ds, keep, **exp)
-        written = [res[k] for k in ("rec", "idx", "property", "label_map", "labels", "config")
-                   if res.get(k)] + list(res["bins"])
+    _, written, _ = write_core_set(fmt, out, ds, keep, **exp)
     write_json(paths["export_info"], _stamp(settings, {"keep": paths["keep"],
                                                        "dataset": data_id}, written))
     _log("export", "%d of %d faces -> %s" % (len(keep), len(ds), out))
