@@ -1,6 +1,7 @@
-// Logic shared by the CPU and CUDA kernels: threshold lanes, scheduling,
-// tiling and the min_keep fill. Kept in __host__ __device__ functions so the
-// CPU build (and its tests) exercise exactly the code the GPU runs.
+// Logic shared by the CPU and CUDA kernels: the score rounding and the no-centre
+// rule, threshold lanes, scheduling, tiling and the min_keep fill. Kept in
+// __host__ __device__ functions so that both backends compile one definition of
+// each: CPU/GPU parity depends on them (the GPU's own use is tested on a GPU).
 #pragma once
 
 #include <cmath>
@@ -30,6 +31,16 @@ constexpr int kWalkWideMin = 256;
 // facenms.reference applies the same rule.
 constexpr double kNoCentre = 0x1p-32;
 
+// Whether n unit rows whose sum has length cn have a centre direction.
+FACENMS_HD bool has_centre(double cn, int64_t n) { return cn > n * kNoCentre; }
+
+// A face's sparsity score, 1 - cos(row, centre), rounded to a multiple of 2**-20 so
+// that mathematically tied faces tie bit for bit on every backend.
+FACENMS_HD double rounded_score(double dot, double row_norm, double centre_norm) {
+  const double s = 1.0 - dot / (row_norm * centre_norm);
+  return nearbyint(s * 1048576.0) / 1048576.0;
+}
+
 // Bits 0..p-1 set.
 FACENMS_HD uint64_t prefix_mask(int p) {
   return p >= 64 ? ~uint64_t(0) : ((uint64_t(1) << p) - 1);
@@ -57,14 +68,6 @@ FACENMS_HD uint64_t lanes_below(const double* thr, int lanes, double sim) {
 
 // Faces an identity must keep whatever the threshold: min(min_keep, n).
 FACENMS_HD int64_t faces_to_keep(int64_t min_keep, int64_t n) { return min_keep < n ? min_keep : n; }
-
-FACENMS_HD int popcount64(uint64_t v) {
-#if defined(__CUDA_ARCH__)
-  return __popcll(v);
-#else
-  return __builtin_popcountll(v);
-#endif
-}
 
 FACENMS_HD int lowest_bit(uint64_t v) {  // v != 0
 #if defined(__CUDA_ARCH__)
@@ -107,10 +110,6 @@ FACENMS_HD void fill_short_lanes(uint64_t* bits, int64_t n, int lanes, int64_t n
 
 FACENMS_HD bool is_large(int64_t n) { return n > kWarpMax; }
 FACENMS_HD int64_t tile_blocks(int64_t n) { return (n + kTile - 1) / kTile; }
-FACENMS_HD int64_t tile_count(int64_t n) {
-  const int64_t nb = is_large(n) ? tile_blocks(n) : 0;
-  return nb * (nb + 1) / 2;
-}
 FACENMS_HD int64_t mask_side(int64_t n) { return is_large(n) ? tile_blocks(n) * kTile : 0; }
 FACENMS_HD int64_t mask_bytes(int64_t n) { return mask_side(n) * mask_side(n); }
 

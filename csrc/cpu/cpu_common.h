@@ -14,8 +14,8 @@
 #include <cstring>
 #include <string>
 
-#include "../checks.h"
-#include "isa.h"
+#include "checks.h"
+#include "cpu/isa.h"
 
 // Hot loops are compiled for the x86-64 levels v4 (AVX-512), v3 (AVX2, FMA)
 // and a baseline, each with the vector width and register tile of its level

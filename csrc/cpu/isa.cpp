@@ -1,5 +1,5 @@
 // The clone choice of isa.h: asked of the CPU once, then fixed for the process.
-#include "isa.h"
+#include "cpu/isa.h"
 
 #include <cstdlib>
 #include <cstring>

@@ -2,7 +2,7 @@
 // rank order.
 #include <torch/csrc/stable/library.h>
 
-#include "walk.h"
+#include "cpu/walk.h"
 
 namespace facenms {
 namespace {

@@ -4,8 +4,8 @@
 #include <cmath>
 #include <vector>
 
-#include "../checks.h"
-#include "scores.h"
+#include "checks.h"
+#include "cpu/scores.h"
 
 namespace facenms {
 namespace {

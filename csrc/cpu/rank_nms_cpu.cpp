@@ -7,8 +7,8 @@
 #include <limits>
 #include <numeric>
 
-#include "scores.h"
-#include "walk.h"
+#include "cpu/scores.h"
+#include "cpu/walk.h"
 
 namespace facenms {
 namespace {

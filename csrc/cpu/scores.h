@@ -5,7 +5,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "cpu_common.h"
+#include "cpu/cpu_common.h"
 #include "nms_common.h"
 
 namespace facenms {
@@ -54,13 +54,11 @@ FACENMS_INLINE void centre_scores_impl(const T* base, int64_t ld, const int64_t*
                                        const double* centre, double* scores) {
   const double cn = std::sqrt(dot_f64(centre, centre, d));
   for (int64_t i = 0; i < n; ++i) {
-    if (!(cn > n * kNoCentre)) {  // no centre: all tie
+    if (!has_centre(cn, n)) {  // no centre: all tie
       scores[i] = 1.0;
       continue;
     }
-    const double dot = dot_f64(base + rows[i] * ld, centre, d);
-    const double s = 1.0 - dot / (norms[i] * cn);
-    scores[i] = std::nearbyint(s * 1048576.0) / 1048576.0;
+    scores[i] = rounded_score(dot_f64(base + rows[i] * ld, centre, d), norms[i], cn);
   }
 }
 

@@ -18,9 +18,9 @@
 #include <omp.h>
 #include <vector>
 
-#include "../checks.h"
-#include "../nms_common.h"
-#include "cpu_common.h"
+#include "checks.h"
+#include "nms_common.h"
+#include "cpu/cpu_common.h"
 
 namespace facenms {
 namespace {

@@ -18,9 +18,9 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "../checks.h"
-#include "../nms_plan.h"
-#include "nms_cuda.cuh"
+#include "checks.h"
+#include "cuda/nms_plan.h"
+#include "cuda/nms_cuda.cuh"
 
 namespace facenms {
 namespace cuda {

@@ -10,8 +10,8 @@
 
 #include <cstdint>
 
-#include "../nms_common.h"
-#include "cuda_common.cuh"
+#include "nms_common.h"
+#include "cuda/cuda_common.cuh"
 
 namespace facenms {
 namespace cuda {

@@ -12,7 +12,7 @@
 
 #include <algorithm>
 
-#include "nms_cuda.cuh"
+#include "cuda/nms_cuda.cuh"
 
 namespace facenms {
 namespace cuda {

@@ -9,7 +9,7 @@
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 
-#include "nms_cuda.cuh"
+#include "cuda/nms_cuda.cuh"
 
 namespace facenms {
 namespace cuda {

@@ -4,8 +4,8 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include "../nms_common.h"
-#include "../nms_plan.h"
+#include "nms_common.h"
+#include "cuda/nms_plan.h"
 
 namespace facenms {
 namespace {

@@ -11,8 +11,8 @@
 
 #include <algorithm>
 
-#include "../checks.h"
-#include "cuda_common.cuh"
+#include "checks.h"
+#include "cuda/cuda_common.cuh"
 
 namespace facenms {
 namespace {
@@ -75,7 +75,7 @@ __global__ void prepare_kernel(const scalar_t* __restrict__ x, int64_t ld, int64
     }
     __syncthreads();
     const double cn = s_cn;
-    const bool tie = s_bad || !(cn > n * kNoCentre);  // no centre: every face scores 1
+    const bool tie = s_bad || !has_centre(cn, n);  // no centre: every face scores 1
     for (int64_t i = warp; i < n; i += W) {
       if (tie) {
         if (lane == 0) scores[a + i] = 1.0;
@@ -90,10 +90,7 @@ __global__ void prepare_kernel(const scalar_t* __restrict__ x, int64_t ld, int64
       }
       dot = warp_sum(dot);
       ss = warp_sum(ss);  // the norm again, bit-identical to the first pass
-      if (lane == 0) {
-        const double s = 1.0 - dot / (sqrt(ss) * cn);
-        scores[a + i] = nearbyint(s * 1048576.0) / 1048576.0;  // multiple of 2**-20
-      }
+      if (lane == 0) scores[a + i] = rounded_score(dot, sqrt(ss), cn);
     }
     __syncthreads();  // part is reused by the next identity
   }

@@ -1,8 +1,9 @@
 // The schedule of an nms pass, built from the CSR offsets with ATen ops on
 // the offsets' device (no host loop): identities by size, largest first, and
 // for those larger than kWarpMax their tile table and byte-mask slots. The
-// CUDA kernels consume it; the CPU build exposes it (facenms::_nms_plan) so
-// tests can check the tiling covers every pair exactly once.
+// CUDA kernels consume it; the CUDA library also exposes it on the CPU
+// (facenms::_nms_plan, plan_host.cpp) so tests can check the tiling covers every
+// pair exactly once.
 #pragma once
 
 #include <ATen/ATen.h>
