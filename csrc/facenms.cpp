@@ -86,7 +86,7 @@ STABLE_TORCH_LIBRARY(facenms, m) {
   m.def("rank_nms(Tensor x, Tensor order, Tensor offsets, Tensor thresholds, int min_keep,"
         " bool centrality) -> (Tensor, Tensor, Tensor, Tensor)");
   // The CUDA schedule and tile table, computed on the host with the code the
-  // CUDA library runs (cuda/plan_host.cpp; for tests): sched (C,) and tiles
+  // CUDA library runs (cuda/nms_plan_kernel.cpp; for tests): sched (C,) and tiles
   // (n_tiles, 4) = identity, kb, mb, mask offset. Not part of the API.
   m.def("_nms_plan(Tensor offsets) -> (Tensor, Tensor)");
   m.def("build_info() -> str");

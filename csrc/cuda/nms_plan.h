@@ -2,7 +2,7 @@
 // the offsets' device (no host loop): identities by size, largest first, and
 // for those larger than kWarpMax their tile table and byte-mask slots. The
 // CUDA kernels consume it; the CUDA library also exposes it on the CPU
-// (facenms::_nms_plan, plan_host.cpp) so tests can check the tiling covers every
+// (facenms::_nms_plan, nms_plan_kernel.cpp) so tests can check the tiling covers every
 // pair exactly once.
 #pragma once
 
