@@ -21,9 +21,9 @@ import time
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import facenms  # noqa: E402
+import which  # noqa: E402
 from facenms.data.base import FaceDataset  # noqa: E402
 from facenms.eval.embeddings import webface_like  # noqa: E402
 from facenms.pipeline.report import write_report  # noqa: E402
@@ -98,4 +98,5 @@ def main():
 
 
 if __name__ == "__main__":
+    which.announce()
     main()

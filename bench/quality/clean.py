@@ -27,9 +27,10 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+sys.path.insert(0, os.path.dirname(HERE))  # bench/: which.py; facenms is the installed one
 
 import facenms  # noqa: E402
+import which  # noqa: E402
 from facenms import baselines  # noqa: E402
 from facenms.io import AtomicFiles  # noqa: E402
 from run import verify  # noqa: E402
@@ -265,4 +266,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    which.announce()
     main()

@@ -12,9 +12,10 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # bench/
 
 import facenms  # noqa: E402
+import which  # noqa: E402
 from facenms.eval.embeddings import webface_like  # noqa: E402
 
 
@@ -47,4 +48,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    which.announce()
     main()

@@ -25,8 +25,9 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the repository, for facenms
+sys.path.insert(0, os.path.dirname(HERE))  # bench/: which.py; facenms is the installed one
 
+import which  # noqa: E402
 import facenms  # noqa: E402
 from facenms import baselines  # noqa: E402
 from facenms.io import AtomicFiles  # noqa: E402
@@ -381,4 +382,5 @@ def render(paths, out_dir):
 
 
 if __name__ == "__main__":
+    which.announce()
     main()
