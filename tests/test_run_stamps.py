@@ -253,3 +253,15 @@ def test_a_work_dir_inside_an_image_folder_dataset_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"\[data\] work_dir"):
         run(cfg, progress=False)
     assert not os.path.exists(tmp_path / "img" / "work")
+
+
+def test_the_example_config_is_valid_but_for_its_dataset():
+    """examples/webface.toml, checked as a user would before pointing it at their data:
+    the only problem is the placeholder dataset path."""
+    example = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "examples", "webface.toml")
+    if not os.path.exists(example):
+        pytest.skip("needs the source tree's examples/")
+    with pytest.raises((ValueError, FileNotFoundError)) as e:
+        runner.check(example)
+    assert "1 problem" in str(e.value) and "dataset" in str(e.value), str(e.value)

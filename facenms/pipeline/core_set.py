@@ -1,8 +1,7 @@
 """The core set in any export format: the one dispatch that `facenms export` and
 `facenms run` share."""
 from . import export
-
-FORMATS = ("recordio", "lst", "folder", "npy")
+from .runconfig import FORMATS
 
 
 def write_core_set(fmt, out, dataset, keep, **options):

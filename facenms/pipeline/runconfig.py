@@ -14,6 +14,7 @@ import os
 import numpy as np
 
 from ..io import check_not_inputs
+from .precision import AMP_CHOICES
 
 STAGES = ("proxy", "extract", "select", "export", "report")
 FORMATS = ("recordio", "lst", "folder", "npy")
@@ -26,8 +27,8 @@ _SKIP = {"proxy": {"dataset", "out_dir", "progress"},
          "report": {"out_dir", "features", "labels", "keep", "threshold"},
          "export": {"out", "out_dir", "path", "dataset", "keep", "progress", "inputs"}}
 _CHOICES = {("proxy", "schedule"): ("cosine", "poly"),
-            ("proxy", "amp"): ("bf16", "fp16", "none", "fp32", None),
-            ("extract", "amp"): ("bf16", "fp16", "none", "fp32", None),
+            ("proxy", "amp"): AMP_CHOICES + ("none", "fp32"),
+            ("extract", "amp"): AMP_CHOICES + ("none", "fp32"),
             ("extract", "channel_order"): ("rgb", "bgr"),
             ("export", "layout"): ("im2rec", "insightface"),
             ("export", "verify"): ("structure", "decode", "none"),
