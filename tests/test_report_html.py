@@ -277,3 +277,21 @@ def test_rows_in_another_order_than_the_dataset(tmp_path, faces):
             assert i in kept
         elif "suppressed" in im["alt"]:
             assert i not in kept
+
+
+def test_the_report_reads_the_label_issues_file_the_cleaning_writes(tmp_path):
+    """label_issues.csv as facenms label-issues and facenms run write it is what the
+    report's label-issue section reads, column for column."""
+    from facenms.eval.embeddings import webface_like
+    from facenms.pipeline.cleaning import write_label_issues
+    from facenms.pipeline.html_report import load_label_issues
+    from facenms.scale.dispatch import label_issues
+    x, labels = webface_like(3000, dim=32, seed=3)
+    x[::97] = x[np.roll(np.arange(3000), 1500)[::97]]  # other people's faces
+    issues, info = label_issues(x, labels, return_info=True)
+    assert len(issues)
+    write_label_issues(tmp_path / "issues.csv", issues, labels, info)
+    got = load_label_issues(str(tmp_path / "issues.csv"), labels)
+    assert np.array_equal(got["index"], issues)
+    assert np.array_equal(got["other_label"], info.other_label)
+    assert np.allclose(got["other_similarity"], info.other_similarity, atol=1e-6)

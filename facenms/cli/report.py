@@ -64,8 +64,8 @@ def add(sub):
                                      "shows the faces")
     r.add_argument("--identity", type=int, action="append",
                    help="also show this label's gallery (repeatable)")
-    r.add_argument("--label-issues", help="CSV (index,label,score,nearest_label,"
-                                          "nearest_similarity) or .npy of flagged faces")
+    r.add_argument("--label-issues", help="CSV (index,label,score,other_label,"
+                                          "other_similarity) or .npy of flagged faces")
     r.add_argument("--info", help="the selection's JSON summary (facenms select --info): "
                                   "threshold and passes")
     r.add_argument("--rank", choices=["sparsity", "centrality", "random"],

@@ -184,7 +184,7 @@ def issue_neighbours(features, index, issues, *, typical=3, shown=40):
     of its own label and of the label it most resembles. Where the issues do not name
     that label, it is the other identity whose centre is nearest the face."""
     order = np.argsort(-np.nan_to_num(issues["score"], nan=-np.inf), kind="stable")[:shown]
-    near, near_sim = issues["nearest_label"], issues["nearest_similarity"]
+    near, near_sim = issues["other_label"], issues["other_similarity"]
     if near is None and len(order):
         cen = centres(features, index)
         sims = _unit(features, issues["index"][order]) @ cen.T
@@ -203,8 +203,8 @@ def issue_neighbours(features, index, issues, *, typical=3, shown=40):
         lab, other = issues["label"][j], near[j]
         c, o = index.find(lab), index.find(other)
         out.append(dict(
-            index=i, label=lab, score=issues["score"][j], nearest_label=other,
-            nearest_similarity=None if near_sim is None else near_sim[j],
+            index=i, label=lab, score=issues["score"][j], other_label=other,
+            other_similarity=None if near_sim is None else near_sim[j],
             own=_typical(features, index.rows(c), typical, i) if c >= 0 else [],
             other=_typical(features, index.rows(o), typical, i) if o >= 0 else []))
     return out

@@ -91,16 +91,16 @@ def _gallery(g, labels, thumbs, threshold):
 
 def _issue(it, labels, thumbs):
     own = "".join(_face(r, labels, thumbs, "typical of %s" % it["label"]) for r in it["own"])
-    other = "".join(_face(r, labels, thumbs, "typical of %s" % it["nearest_label"])
+    other = "".join(_face(r, labels, thumbs, "typical of %s" % it["other_label"])
                     for r in it["other"])
-    sim = it["nearest_similarity"]
+    sim = it["other_similarity"]
     return ('<div class="issue"><div class="group">%s</div>'
             '<div><p>face %d, labelled %s, score %s; most like %s (similarity %s)</p>'
             '<div class="group" aria-label="typical faces of its label">%s</div></div>'
             '<div><p>typical of %s</p><div class="group">%s</div></div></div>' % (
                 _face(it["index"], labels, thumbs, "flagged", "dropped"), it["index"],
-                escape(str(it["label"])), _num(it["score"]), escape(str(it["nearest_label"])),
-                _num(sim), own or "(no other face)", escape(str(it["nearest_label"])),
+                escape(str(it["label"])), _num(it["score"]), escape(str(it["other_label"])),
+                _num(sim), own or "(no other face)", escape(str(it["other_label"])),
                 other or "(not known)"))
 
 
@@ -114,7 +114,7 @@ def _num(v):
 def _issue_table(issues):
     rows = "".join("<tr><td>%d</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td></tr>" % (
         it["index"], escape(str(it["label"])), _num(it["score"]),
-        escape(str(it["nearest_label"])), _num(it["nearest_similarity"])) for it in issues)
+        escape(str(it["other_label"])), _num(it["other_similarity"])) for it in issues)
     return ("<table><tr><th>face</th><th>label</th><th>score</th><th>most like</th>"
             "<th>similarity</th></tr>%s</table>" % rows)
 

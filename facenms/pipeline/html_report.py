@@ -16,6 +16,7 @@ import numpy as np
 
 from ..io import check_not_inputs
 from . import gallery
+from .cleaning import COLUMNS
 from .html_page import render_page
 from .thumbs import make_thumbnails
 
@@ -24,7 +25,6 @@ __all__ = ["load_label_issues", "check_page_inputs", "page_summary", "write_page
 
 MAX_THUMBNAILS = 2000
 MAX_BYTES = 20 << 20
-ISSUE_COLUMNS = ("index", "label", "score", "nearest_label", "nearest_similarity")
 PAGE_BYTES_PER_FACE = 400  # the HTML around one thumbnail, for the byte budget
 
 
@@ -35,7 +35,7 @@ def _read_csv(path):
         raise ValueError("%s: label issues need an 'index' column (columns: %s)"
                          % (path, ", ".join(rows[0])))
     cols = {}
-    for k in ISSUE_COLUMNS:
+    for k in COLUMNS:
         if rows and k in rows[0]:
             try:
                 cols[k] = np.array([float(r[k]) if r[k] not in ("", None) else np.nan
@@ -48,7 +48,7 @@ def _read_csv(path):
 
 
 def load_label_issues(issues, labels):
-    """Label issues as {column: array} (ISSUE_COLUMNS), from a CSV or .npy path, an array of
+    """Label issues as {column: array} (cleaning.COLUMNS), from a CSV or .npy path, an array of
     face indices, or a mapping / object with those fields; None stays None."""
     if issues is None:
         return None
@@ -73,7 +73,7 @@ def load_label_issues(issues, labels):
         raise ValueError("%s: face index %d is outside [0, %d)" % (
             where, int(idx[(idx < 0) | (idx >= n)][0]), n))
     out = {"index": idx}
-    for k in ISSUE_COLUMNS[1:]:
+    for k in COLUMNS[1:]:
         v = get(k)
         out[k] = np.asarray(v).reshape(-1) if v is not None else None
         if out[k] is not None and len(out[k]) != len(idx):
@@ -81,9 +81,9 @@ def load_label_issues(issues, labels):
                              % (where, k, len(out[k]), len(idx)))
     out["label"] = labels[idx] if out["label"] is None else out["label"].astype(labels.dtype)
     out["score"] = np.full(len(idx), np.nan) if out["score"] is None else out["score"]
-    if out["nearest_label"] is not None and out["nearest_label"].dtype.kind == "f":
-        out["nearest_label"] = np.where(np.isnan(out["nearest_label"]), -1,
-                                        out["nearest_label"]).astype(np.int64)
+    if out["other_label"] is not None and out["other_label"].dtype.kind == "f":
+        out["other_label"] = np.where(np.isnan(out["other_label"]), -1,
+                                        out["other_label"]).astype(np.int64)
     return out
 
 
@@ -205,8 +205,8 @@ def write_page(out, out_dir, features, labels, kept_mask, *, summary, plots, dat
                                  sample=sample, seed=seed, rank=rank, scores=scores)
     elif issues is not None:
         shown = [dict(index=int(i), label=issues["label"][j], score=issues["score"][j],
-                      nearest_label=_at(issues["nearest_label"], j),
-                      nearest_similarity=_at(issues["nearest_similarity"], j), own=[],
+                      other_label=_at(issues["other_label"], j),
+                      other_similarity=_at(issues["other_similarity"], j), own=[],
                       other=[]) for j, i in enumerate(issues["index"][:200])]
     thumbs = {}
     if dataset is not None:

@@ -113,7 +113,7 @@ def write_report(out_dir, features, labels, keep, *, threshold=None, eval_result
     The page (see facenms.pipeline.html_report): dataset, a FaceDataset or a path
     open_dataset reads, adds the faces (thumbs/ beside index.html); dataset_index
     gives the dataset position of every feature row (default: the same).
-    label_issues: a CSV (index,label,score,nearest_label,nearest_similarity; only
+    label_issues: a CSV (index,label,score,other_label,other_similarity; only
     index is needed) or .npy path, an index array, or a mapping of those columns.
     info: the selection's SelectionInfo or select.json dict (passes, label issues).
     identities: labels to show besides the sample; sample: how many (largest,
