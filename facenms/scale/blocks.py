@@ -32,7 +32,7 @@ from ..core.inputs import (as_tensor, bad_row_message, check_count, check_device
 from ..core.search import decide, sample_lanes, sample_take
 from ..core.select import kept_per_identity, make_info
 from ..io.progress import progress_bar
-from .dist import Comm, active, init, split_identities
+from .dist import active, comm_for, split_identities
 from .reader import (Reader, is_mapped, is_path, nbytes, open_features, open_labels,
                      read_lanes)
 
@@ -207,30 +207,24 @@ def _sample_rows(src, order, offsets, sizes, seed):
     return x_s, order_s
 
 
-def _comm(distributed):
-    if distributed is False or (distributed is None and not active()):
-        return Comm.single()
-    init()
-    return Comm()
-
-
-def _source(features, device):
-    """(reader, compute device, n, d, itemsize) for an array on disk or in memory."""
+def source(features, device):
+    """(reader, compute device, n, d, torch dtype of the rows) for an array on disk or in
+    memory."""
     device = check_device(device)
     if isinstance(features, np.ndarray):
-        check_features(as_tensor(features[:0], "features"))  # dtype and shape only
+        probe = check_features(as_tensor(features[:0], "features"))  # dtype and shape only
         if is_mapped(features) and features.shape[1] > 1 \
                 and features.strides[1] != features.itemsize:
             raise ValueError("memory-mapped features must have contiguous rows, got strides %s"
                              % (features.strides,))
         dev = device if device is not None else torch.device("cpu")
         return (Reader(features, read_lanes(dev)), dev, features.shape[0], features.shape[1],
-                features.itemsize)
+                probe.dtype)
     # a tensor (or DLPack array) already in memory: blocks are read in place
     x = check_features(as_tensor(features, "features"))
     if device is not None:
         x = x.to(device)
-    return InPlace(x), x.device, x.shape[0], x.shape[1], x.element_size()
+    return InPlace(x), x.device, x.shape[0], x.shape[1], x.dtype
 
 
 def select(features, labels, ratio=None, threshold=None, *, scores=None, rank=None,
@@ -247,15 +241,15 @@ def select(features, labels, ratio=None, threshold=None, *, scores=None, rank=No
                  min_per_identity=min_per_identity, per_identity=per_identity, seed=seed)
     features = open_features(features)
     labels = open_labels(labels)
-    comm = _comm(distributed)
-    src, dev, n, d, itemsize = _source(features, device)
+    comm = comm_for(distributed)
+    src, dev, n, d, dtype = source(features, device)
     if subset is not None:
         src, n = Subset(src, subset, n), len(subset)
     uniq, order, offsets, sizes = group(labels, n, torch.device("cpu"))
     key = _rank_key(s.rank, scores, n, seed)
     bounds = split_identities(sizes.numpy(), comm.world)
     c_lo, c_hi = int(bounds[comm.rank]), int(bounds[comm.rank + 1])
-    rows = block_rows(d, itemsize, block_size, max_memory)
+    rows = block_rows(d, dtype.itemsize, block_size, max_memory)
     timings = {"group": time.perf_counter() - t0}
 
     t2 = time.perf_counter()

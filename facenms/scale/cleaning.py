@@ -22,35 +22,10 @@ from ..core import ranking
 from ..core.cleaning import (candidates, check_options, compute_dtype, faiss_index,
                              flag_candidates, make_info, robust_scale, trimmed_centres, unit)
 from ..core.csr import group, segment_ids
-from ..core.inputs import as_tensor, bad_row_message, check_device, check_features, to_family
-from .blocks import InPlace, block_rows, blocks, first_bad_in_block
-from .dist import Comm, active, init, split_identities
-from .reader import Reader, is_mapped, open_features, read_lanes
-
-
-def comm_for(distributed):
-    if distributed is False or (distributed is None and not active()):
-        return Comm.single()
-    init()
-    return Comm()
-
-
-def source(features, device):
-    """(reader, compute device, n, d, dtype of the rows)."""
-    device = check_device(device)
-    if isinstance(features, np.ndarray):
-        probe = check_features(as_tensor(features[:0], "features"))  # dtype and shape only
-        if is_mapped(features) and features.shape[1] > 1 \
-                and features.strides[1] != features.itemsize:
-            raise ValueError("memory-mapped features must have contiguous rows, got strides %s"
-                             % (features.strides,))
-        dev = device if device is not None else torch.device("cpu")
-        return (Reader(features, read_lanes(dev)), dev, features.shape[0], features.shape[1],
-                probe.dtype)
-    x = check_features(as_tensor(features, "features"))
-    if device is not None:
-        x = x.to(device)
-    return InPlace(x), x.device, x.shape[0], x.shape[1], x.dtype
+from ..core.inputs import bad_row_message, to_family
+from .blocks import block_rows, blocks, first_bad_in_block, source
+from .dist import comm_for, split_identities
+from .reader import open_features
 
 
 def first_pass(src, dev, dtype, order, offsets, sizes, *, span, rows, min_faces):
@@ -108,7 +83,7 @@ def label_issues(features, labels, *, threshold=None, min_faces=None, device=Non
     uniq, order, offsets, sizes = group(labels, n, torch.device("cpu"))
     bounds = split_identities(sizes.numpy(), comm.world)
     span = int(bounds[comm.rank]), int(bounds[comm.rank + 1])
-    rows = block_rows(d, torch.empty(0, dtype=row_dtype).element_size(), block_size, max_memory)
+    rows = block_rows(d, row_dtype.itemsize, block_size, max_memory)
     centres, a, bad = first_pass(src, dev, dtype, order, offsets, sizes, span=span, rows=rows,
                                  min_faces=min_faces)
     raise_if_bad(comm, bad, n)

@@ -79,6 +79,15 @@ def init(backend=None):
     return dist.get_rank(), dist.get_world_size()
 
 
+def comm_for(distributed):
+    """The Comm of a selection: all of torch.distributed's processes when asked for or
+    when it is initialised (distributed=None), one process when distributed=False."""
+    if distributed is False or (distributed is None and not active()):
+        return Comm.single()
+    init()
+    return Comm()
+
+
 def join(device=None):
     """(Comm, compute device) for a stage that trains or extracts.
 
