@@ -23,7 +23,7 @@ def load_array(path, what, mmap=True):
     return load_npy(path, mmap=mmap, what=what, kind=kind, ndim=ndim)
 
 
-def given(args, names):
+def options_set(args, names):
     """The given options among `names`, so the library's defaults stay the defaults."""
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 

@@ -1,5 +1,5 @@
 """`facenms extract`: every face embedded into a float16 .npy."""
-from .common import given, positive_int
+from .common import options_set, positive_int
 
 
 def add(sub):
@@ -33,7 +33,7 @@ def add(sub):
 
 def run(args):
     from ..pipeline.extract import extract
-    kw = given(args, ["batch_size", "workers", "device", "input_size", "labels_path", "mean",
+    kw = options_set(args, ["batch_size", "workers", "device", "input_size", "labels_path", "mean",
                       "std", "channel_order"])
     kw["amp"] = None if args.amp == "none" else args.amp
     path = extract(args.dataset, args.model, args.out, flip=args.flip,

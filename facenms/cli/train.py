@@ -1,5 +1,5 @@
 """`facenms train-proxy`: a small proxy model trained on a subset of the identities."""
-from .common import given
+from .common import options_set
 
 
 def add(sub):
@@ -29,7 +29,7 @@ def add(sub):
 
 def run(args):
     from ..pipeline.proxy import train_proxy
-    kw = given(args, ["subset", "fraction", "seed", "backbone", "head", "embedding_size",
+    kw = options_set(args, ["subset", "fraction", "seed", "backbone", "head", "embedding_size",
                       "input_size", "epochs", "batch_size", "lr", "workers", "device"])
     kw["amp"] = None if args.amp == "none" else args.amp
     path = train_proxy(args.dataset, args.out, resume=not args.no_resume, **kw)

@@ -67,14 +67,15 @@ class Runner:
         if bad:
             raise_bad_row(self.x)
         if self.fuse:
-            self.order, self.fuse = cat(ranked), None
-        counts = cat(counts) if thresholds.dim() == 2 else sum(counts[1:], counts[0])
-        return cat(bits), counts
+            self.order, self.fuse = concat(ranked), None
+        counts = concat(counts) if thresholds.dim() == 2 else sum(counts[1:], counts[0])
+        return concat(bits), counts
 
     def close(self):
         if self.bar is not None:
             self.bar.close()
 
 
-def cat(ts):
+def concat(ts):
+    """torch.cat without a copy for one tensor."""
     return ts[0] if len(ts) == 1 else torch.cat(ts)

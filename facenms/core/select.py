@@ -78,7 +78,7 @@ def kept_per_identity(keep_pos, sizes):
     return out
 
 
-def prepare(features, labels, scores, device):
+def grouped_input(features, labels, scores, device):
     """(x, uniq, order, offsets, sizes, scores) on the device the work runs on."""
     x = check_features(as_tensor(features, "features"))
     device = check_device(device)
@@ -98,7 +98,7 @@ def select(features, labels, ratio=None, threshold=None, *, scores=None, rank=No
     t0 = time.perf_counter()
     s = settings(ratio=ratio, threshold=threshold, rank=rank, scores=scores,
                  min_per_identity=min_per_identity, per_identity=per_identity, seed=seed)
-    x, uniq, order, offsets, sizes, scores = prepare(features, labels, scores, device)
+    x, uniq, order, offsets, sizes, scores = grouped_input(features, labels, scores, device)
     n = x.shape[0]
     timings = {"group": time.perf_counter() - t0}
 
@@ -156,7 +156,7 @@ def curve(features, labels, thresholds=None, *, scores=None, rank: Optional[str]
                          % (LANES, tuple(ts.shape)))
     if not bool((ts[1:] >= ts[:-1]).all()):
         raise ValueError("thresholds must be ascending")
-    x, uniq, order, offsets, sizes, scores = prepare(features, labels, scores, device)
+    x, uniq, order, offsets, sizes, scores = grouped_input(features, labels, scores, device)
     n = x.shape[0]
     if n == 0:
         return ts.numpy(), np.zeros(len(ts))

@@ -205,22 +205,22 @@ class _Batch:
 
 
 def _run(job, resume):
-    config, p, group = job.config, job.paths, job.group
+    config, paths, group = job.config, job.paths, job.group
     n, bs = config["n"], config["batch_size"]
     n_batches = -(-n // bs)
-    if group.on_main(lambda: open_partial(p, config, job.labels, resume, n_batches)) == "done":
+    if group.on_main(lambda: open_partial(paths, config, job.labels, resume, n_batches)) == "done":
         if group.main:
             print("extract: %s already holds %d x %d features for these settings -> %s"
-                  % (p["out"], n, config["dim"], p["out"]), flush=True)
-        return p["out"]
-    todo = np.flatnonzero(~batches_done(p["progress"]))
+                  % (paths["out"], n, config["dim"], paths["out"]), flush=True)
+        return paths["out"]
+    todo = np.flatnonzero(~batches_done(paths["progress"]))
     # every rank must split the same list: none may mark a batch done before all have read
     group.barrier()
     mine = np.array_split(todo, group.world)[group.rank]  # a contiguous share of what is left
     timer = _Timer()
     _embed_batches(job, mine, timer)
     group.barrier()
-    group.on_main(lambda: finish(p, config, job.labels, n_batches))
+    group.on_main(lambda: finish(paths, config, job.labels, n_batches))
     if group.main:
         was_done = n_batches - len(todo)
         print("extract: %d faces x %d dims float16 with %s (%s%s, %d rank%s)%s; %.1f s (%s) -> %s"
@@ -228,8 +228,8 @@ def _run(job, resume):
                  ", flip-sum" if config["flip"] else "", group.world,
                  "s" if group.world > 1 else "",
                  "; resumed with %d of %d batches done" % (was_done, n_batches)
-                 if was_done else "", time.time() - job.t0, timer, p["out"]), flush=True)
-    return p["out"]
+                 if was_done else "", time.time() - job.t0, timer, paths["out"]), flush=True)
+    return paths["out"]
 
 
 def _embed_batches(job, mine, timer):

@@ -49,68 +49,68 @@ def _diff(old, new):
             if old.get(k) != new[k]]
 
 
-def open_partial(p, config, labels, resume, n_batches):
+def open_partial(paths, config, labels, resume, n_batches):
     """Rank 0: make or reuse the partial file; returns 'done' when the final
     outputs already match, else None."""
-    if resume and os.path.exists(p["out"]):
-        meta = rt.read_json(p["meta"])
+    if resume and os.path.exists(paths["out"]):
+        meta = rt.read_json(paths["meta"])
         if meta is not None and meta.get("config") == config:
-            if not os.path.exists(p["labels"]):  # lost or moved since: cheap to redo
+            if not os.path.exists(paths["labels"]):  # lost or moved since: cheap to redo
                 with AtomicFiles() as files:
-                    np.save(files.open(p["labels"]), labels)
+                    np.save(files.open(paths["labels"]), labels)
             return "done"
-        why = ("it has no settings file %s" % p["meta"] if meta is None else
+        why = ("it has no settings file %s" % paths["meta"] if meta is None else
                "it was made with other settings (%s)"
                % "; ".join(_diff(meta.get("config", {}), config)))
         raise ValueError("features %s exist but %s; delete them or pass resume=False"
-                         % (p["out"], why))
-    state = rt.read_json(p["state"]) if resume else None
+                         % (paths["out"], why))
+    state = rt.read_json(paths["state"]) if resume else None
     if state is not None and state.get("format") != FORMAT:
         state = None  # an older layout of the progress file: start afresh
     if state is not None and state.get("config") != config:
         raise ValueError("cannot resume the extraction in %s, it was started with other "
                          "settings (%s); delete %s or pass resume=False" % (
-                             p["partial"], "; ".join(_diff(state.get("config", {}), config)),
-                             p["state"]))
+                             paths["partial"], "; ".join(_diff(state.get("config", {}), config)),
+                             paths["state"]))
     if state is not None:
-        why = _unusable(p, config, n_batches)
+        why = _unusable(paths, config, n_batches)
         if why is None:
-            _verify(p, config, n_batches)
+            _verify(paths, config, n_batches)
             return None
-        print("extract: %s %s; starting afresh" % (p["partial"], why), file=sys.stderr,
+        print("extract: %s %s; starting afresh" % (paths["partial"], why), file=sys.stderr,
               flush=True)
-    _start(p, config, n_batches)
+    _start(paths, config, n_batches)
     return None
 
 
-def _unusable(p, config, n_batches):
+def _unusable(paths, config, n_batches):
     """Why the partial and progress files cannot be resumed, or None."""
     for k in ("partial", "progress"):
-        if not os.path.exists(p[k]):
-            return "has no %s file %s" % (k, p[k])
+        if not os.path.exists(paths[k]):
+            return "has no %s file %s" % (k, paths[k])
     try:
-        h = read_npy_header(p["partial"], check_size=False)  # the size is told below
+        h = read_npy_header(paths["partial"], check_size=False)  # the size is told below
     except (ValueError, OSError) as e:
         return "has an unreadable header (%s)" % e
     if h.shape != (config["n"], config["dim"]) or h.dtype != np.float16:
         return "holds %s %s, not %d x %d float16" % (h.dtype, h.shape, config["n"],
                                                       config["dim"])
     want = h.offset + config["n"] * config["dim"] * 2
-    if os.path.getsize(p["partial"]) != want:
-        return "is %d bytes, not %d (truncated?)" % (os.path.getsize(p["partial"]), want)
-    if os.path.getsize(p["progress"]) != n_batches * MARK.size:
+    if os.path.getsize(paths["partial"]) != want:
+        return "is %d bytes, not %d (truncated?)" % (os.path.getsize(paths["partial"]), want)
+    if os.path.getsize(paths["progress"]) != n_batches * MARK.size:
         return "has a progress file of %d bytes, not %d" % (
-            os.path.getsize(p["progress"]), n_batches * MARK.size)
+            os.path.getsize(paths["progress"]), n_batches * MARK.size)
     return None
 
 
-def _verify(p, config, n_batches):
+def _verify(paths, config, n_batches):
     """Clears the done mark of every batch whose rows fail their CRC (flipped
     bytes, rows that never reached the disk, a forged mark)."""
-    out = Rows(p["partial"], p["progress"], config["batch_size"])
+    out = Rows(paths["partial"], paths["progress"], config["batch_size"])
     bad = []
     try:
-        for k in np.flatnonzero(batches_done(p["progress"])):
+        for k in np.flatnonzero(batches_done(paths["progress"])):
             mark = MARK.unpack(os.pread(out.marks, MARK.size, int(k) * MARK.size))
             if mark[1] != zlib.crc32(out.read_batch(int(k), config["n"])):
                 bad.append(int(k))
@@ -119,23 +119,23 @@ def _verify(p, config, n_batches):
         out.close()
     if bad:
         print("extract: %d batch%s of %s marked done fail their checksum (batch %s); "
-              "redoing them" % (len(bad), "es" if len(bad) > 1 else "", p["partial"],
+              "redoing them" % (len(bad), "es" if len(bad) > 1 else "", paths["partial"],
                                 ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")),
               file=sys.stderr, flush=True)
 
 
-def _start(p, config, n_batches):
+def _start(paths, config, n_batches):
     for k in ("state", "partial", "progress", "meta", "out"):
-        if os.path.exists(p[k]):
-            os.unlink(p[k])
-    os.makedirs(os.path.dirname(os.path.abspath(p["out"])), exist_ok=True)
-    mm = np.lib.format.open_memmap(p["partial"], mode="w+", dtype=np.float16,
+        if os.path.exists(paths[k]):
+            os.unlink(paths[k])
+    os.makedirs(os.path.dirname(os.path.abspath(paths["out"])), exist_ok=True)
+    mm = np.lib.format.open_memmap(paths["partial"], mode="w+", dtype=np.float16,
                                    shape=(config["n"], config["dim"]))
     mm.flush()
     del mm
-    with open(p["progress"], "wb") as f:
+    with open(paths["progress"], "wb") as f:
         f.truncate(n_batches * MARK.size)
-    rt.atomic_write_text(json.dumps(dict(format=FORMAT, config=config), indent=1), p["state"])
+    rt.atomic_write_text(json.dumps(dict(format=FORMAT, config=config), indent=1), paths["state"])
 
 
 class Rows:
@@ -183,18 +183,18 @@ class Rows:
         os.close(self.marks)
 
 
-def finish(p, config, labels, n_batches):
+def finish(paths, config, labels, n_batches):
     """Rank 0, once every rank is done: labels and settings, then the features under
     their final name (last: the features appear only when complete)."""
-    left = int((~batches_done(p["progress"])).sum())
+    left = int((~batches_done(paths["progress"])).sum())
     if left:
         raise RuntimeError("%d of %d batches of %s are not done after every rank finished"
-                           % (left, n_batches, p["partial"]))
+                           % (left, n_batches, paths["partial"]))
     with AtomicFiles() as files:
-        np.save(files.open(p["labels"]), labels)
-        files.open(p["meta"], "w").write(json.dumps(
-            dict(format=FORMAT, config=config, labels=p["labels"]), indent=1))
-    os.replace(p["partial"], p["out"])
-    fsync_dir(os.path.dirname(os.path.abspath(p["out"])))
+        np.save(files.open(paths["labels"]), labels)
+        files.open(paths["meta"], "w").write(json.dumps(
+            dict(format=FORMAT, config=config, labels=paths["labels"]), indent=1))
+    os.replace(paths["partial"], paths["out"])
+    fsync_dir(os.path.dirname(os.path.abspath(paths["out"])))
     for k in ("progress", "state"):
-        os.unlink(p[k])
+        os.unlink(paths[k])

@@ -224,7 +224,7 @@ def source(features, device):
     x = check_features(as_tensor(features, "features"))
     if device is not None:
         x = x.to(device)
-    return InPlace(x), x.device, x.shape[0], x.shape[1], x.dtype
+    return InMemory(x), x.device, x.shape[0], x.shape[1], x.dtype
 
 
 def select(features, labels, ratio=None, threshold=None, *, scores=None, rank=None,
@@ -311,7 +311,7 @@ def _gather(run, keep_pos, comm, offsets, sizes, ident_range):
     return torch.nonzero(comm.sum(mask)).reshape(-1), comm.sum(kept_per)
 
 
-class InPlace:
+class InMemory:
     """A tensor already in memory (CPU or GPU): blocks index it without copying."""
 
     def __init__(self, x):
@@ -327,7 +327,7 @@ class Subset:
     def __init__(self, src, rows, n):
         self.src, self.rows = src, np.asarray(rows, dtype=np.int64)
         self.inverse = None
-        if isinstance(src, InPlace):  # blocks index the whole tensor: map its rows back
+        if isinstance(src, InMemory):  # blocks index the whole tensor: map its rows back
             self.inverse = np.full(n, -1, dtype=np.int64)
             self.inverse[self.rows] = np.arange(len(self.rows))
 
