@@ -37,3 +37,12 @@ def torchrun(args, nproc=2, timeout=180):
         pytest.fail("torchrun failed (%d):\n%s\n%s" % (r.returncode, r.stdout[-4000:],
                                                       r.stderr[-4000:]))
     return r
+
+
+def facenms_cli(*args, ok=True):
+    """`python -m facenms ARGS` as a user runs it; its stdout and stderr. ok: whether it
+    must succeed (True) or fail (False)."""
+    p = subprocess.run([sys.executable, "-m", "facenms", *map(str, args)],
+                       capture_output=True, text=True, timeout=300)
+    assert (p.returncode == 0) == ok, p.stdout + p.stderr
+    return p.stdout + p.stderr

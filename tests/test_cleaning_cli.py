@@ -2,26 +2,19 @@
 import csv
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
 import facenms
+from procs import facenms_cli as cli
 from facenms.data import open_dataset, synthetic
 from facenms.pipeline.cleaning import read_label_issues
 from facenms.pipeline.run import run as run_config
 from facenms.scale.sort_features import sort_features
 
 from test_cleaning import planted
-
-
-def cli(*args, ok=True):
-    p = subprocess.run([sys.executable, "-m", "facenms", *map(str, args)],
-                       capture_output=True, text=True, timeout=300)
-    assert (p.returncode == 0) == ok, p.stdout + p.stderr
-    return p.stdout + p.stderr
 
 
 @pytest.fixture(scope="module")

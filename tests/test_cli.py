@@ -7,14 +7,8 @@ import numpy as np
 import pytest
 
 import facenms
+from procs import facenms_cli as run
 from facenms.eval.embeddings import webface_like
-
-
-def run(*args, ok=True):
-    p = subprocess.run([sys.executable, "-m", "facenms", *map(str, args)],
-                       capture_output=True, text=True, timeout=300)
-    assert (p.returncode == 0) == ok, p.stdout + p.stderr
-    return p.stdout + p.stderr
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +123,12 @@ def test_progress_bar_only_on_a_terminal():
                                                            "assert b is None\nraise SystemExit")],
                        capture_output=True, timeout=60)
     assert p.returncode == 0, p.stderr
+
+
+def test_demo_whole_pipeline(tmp_path):
+    """Part 1 as README line 1 runs it: every stage, the core set checked against its
+    source, the report's page written and named."""
+    out = run("demo", "--faces", 2000, "--dim", 16, "--work-dir", tmp_path)
+    assert "identical to the source" in out and "stage times: proxy" in out
+    page = tmp_path / "work" / "report" / "index.html"
+    assert page.exists() and str(page) in out

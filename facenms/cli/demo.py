@@ -48,10 +48,10 @@ def pipeline_part(work):
     print("facenms demo, part 1: the pipeline on a generated insightface RecordIO set in %s"
           % data, flush=True)
     cfg = dict(DEMO_CONFIG, data=dict(dataset=data, work_dir=os.path.join(work, "work")))
-    times = []
+    times, paths = [], {}
     for stage in [st for st in STAGES if st in ("proxy", "extract", "select") or cfg.get(st)]:
         t = time.perf_counter()
-        paths = run_config(cfg, stages=(stage,), progress=progress())
+        paths.update(run_config(cfg, stages=(stage,), progress=progress()))
         times.append("%s %.1f s" % (stage, time.perf_counter() - t))
     print("  stage times: " + ", ".join(times), flush=True)
     src, core = open_dataset(data), open_dataset(paths["export"])
