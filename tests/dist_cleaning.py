@@ -7,6 +7,7 @@ import sys
 import numpy as np
 
 import facenms
+from dist_results import save_agreed
 
 features, labels, out = sys.argv[1:4]
 streamed, info = facenms.label_issues(features, labels, block_size=500, distributed=True,
@@ -17,11 +18,4 @@ results = {
     "select": facenms.select(features, labels, ratio=0.6, clean=True, distributed=True),
 }
 
-import torch.distributed as dist  # noqa: E402
-
-everyone = [None] * dist.get_world_size()
-dist.all_gather_object(everyone, {k: v.tolist() for k, v in results.items()})
-assert all(e == everyone[0] for e in everyone), "ranks disagree"
-if dist.get_rank() == 0:
-    np.savez(out, **results)
-dist.destroy_process_group()
+save_agreed(results, out)

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 
 import facenms
+from dist_results import save_agreed
 
 features, labels, out = sys.argv[1:4]
 results = {
@@ -25,17 +26,10 @@ keep, info = facenms.select(np.load(features), np.load(labels), ratio=0.6, retur
 results["ratio_in_memory"] = keep
 results["ratio_kept_per_identity"] = info.kept_per_identity
 
-import torch.distributed as dist  # noqa: E402
-
 from facenms import cli  # noqa: E402
 
 # the CLI under torchrun: distributed because WORLD_SIZE > 1; rank 0 writes
 cli.main(["select", "--features", features, "--labels", labels, "--threshold", "0.7",
           "--block-size", "50000", "--out", out + ".cli.npy"])
 
-everyone = [None] * dist.get_world_size()
-dist.all_gather_object(everyone, {k: v.tolist() for k, v in results.items()})
-assert all(e == everyone[0] for e in everyone), "ranks disagree"
-if dist.get_rank() == 0:
-    np.savez(out, **results)
-dist.destroy_process_group()
+save_agreed(results, out)
