@@ -41,6 +41,7 @@ def add(sub):
 def pipeline_part(work):
     """The whole pipeline on a small generated RecordIO dataset."""
     from ..data import open_dataset, synthetic
+    from ..io import load_indices
     from ..pipeline.run import STAGES, run as run_config
     data = os.path.join(work, "data")
     if not os.path.exists(os.path.join(data, "train.rec")):
@@ -55,7 +56,7 @@ def pipeline_part(work):
         times.append("%s %.1f s" % (stage, time.perf_counter() - t))
     print("  stage times: " + ", ".join(times), flush=True)
     src, core = open_dataset(data), open_dataset(paths["export"])
-    keep = np.load(paths["keep"])
+    keep = load_indices(paths["keep"])
     ok = len(core) == len(keep) and all(
         core.read_bytes(j) == src.read_bytes(i) for j, i in enumerate(sorted(
             keep, key=lambda i: (src.labels[i], i))))

@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from ..io import check_not_inputs
+from ..io import check_not_inputs, load_indices
 from . import gallery
 from .cleaning import COLUMNS
 from .html_page import render_page
@@ -57,7 +57,8 @@ def load_label_issues(issues, labels):
         where = os.fspath(issues)
         if not os.path.isfile(where):
             raise FileNotFoundError("label issues file not found: %s" % where)
-        issues = np.load(where) if where.endswith(".npy") else _read_csv(where)
+        issues = load_indices(where, "label issues") if where.endswith(".npy") else \
+            _read_csv(where)
     get = (lambda k: issues.get(k)) if isinstance(issues, dict) else \
         (lambda k: getattr(issues, k, None))
     if not isinstance(issues, dict) and not hasattr(issues, "index"):

@@ -12,10 +12,8 @@ Memory: select's (labels, rank order: about 24 bytes a face, two feature
 blocks) plus the centres, K x d in float32, and 8 bytes a face for the own
 similarities.
 """
-import os
 import time
 
-import numpy as np
 import torch
 
 from ..core import ranking
@@ -25,7 +23,7 @@ from ..core.csr import group, segment_ids
 from ..core.inputs import bad_row_message, to_family
 from .blocks import block_rows, blocks, first_bad_in_block, source
 from .dist import comm_for, split_identities
-from .reader import open_features
+from .reader import open_features, open_labels
 
 
 def first_pass(src, dev, dtype, order, offsets, sizes, *, span, rows, min_faces):
@@ -75,8 +73,7 @@ def label_issues(features, labels, *, threshold=None, min_faces=None, device=Non
     t0 = time.perf_counter()
     threshold, min_faces, search = check_options(threshold, min_faces, search)
     features = open_features(features)
-    if isinstance(labels, (str, os.PathLike)):
-        labels = np.load(os.fspath(labels))
+    labels = open_labels(labels)
     comm = comm_for(distributed)
     src, dev, n, d, row_dtype = source(features, device)
     dtype = torch.float64 if row_dtype == torch.float64 else torch.float32

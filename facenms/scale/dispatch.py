@@ -1,7 +1,6 @@
 """facenms.select and facenms.label_issues: the entry points, which hand the work to the
 in-memory code (facenms.core) or to the streamed, multi-process one (facenms.scale)."""
 import dataclasses
-import os
 import time
 from typing import Any, Optional, Tuple, Union
 
@@ -14,7 +13,7 @@ from ..core.cleaning import LabelIssuesInfo, counted_ratio
 from ..core.inputs import as_tensor, number, settings, to_family
 from . import blocks
 from . import cleaning as clean_streamed
-from .reader import open_features
+from .reader import open_features, open_labels
 
 
 def select(features, labels, ratio: Optional[float] = None, threshold: Optional[float] = None,
@@ -76,8 +75,7 @@ def _select_clean(features, labels, ratio, threshold, kw, *, block_size, max_mem
                   distributed):
     """select(clean=True): label issues out, then the selection on the rest."""
     stream = blocks.should_stream(features, block_size, max_memory, distributed)
-    if isinstance(labels, (str, os.PathLike)):
-        labels = np.load(os.fspath(labels))
+    labels = open_labels(labels)
     scores = kw.pop("scores")
     settings(ratio=ratio, threshold=threshold, rank=kw["rank"], scores=scores,
              min_per_identity=kw["min_per_identity"], per_identity=kw["per_identity"],

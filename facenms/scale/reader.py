@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from ..io import load_npy, pread_all
+from ..io import load_features, load_labels, pread_all
 
 
 def is_mapped(a):
@@ -36,7 +36,7 @@ def open_features(features):
     """A path to a .npy opens memory-mapped (checked by facenms.io's loader); arrays pass
     through."""
     if isinstance(features, (str, os.PathLike)):
-        return load_npy(features, mmap=True, what="features", kind="float", ndim=2)
+        return load_features(features)
     return features
 
 
@@ -44,7 +44,7 @@ def open_labels(labels):
     """A path to a .npy of labels is read (checked by facenms.io's loader); arrays pass
     through."""
     if isinstance(labels, (str, os.PathLike)):
-        return load_npy(labels, what="labels", kind="int", ndim=1)
+        return load_labels(labels)
     return labels
 
 
