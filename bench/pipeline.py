@@ -130,7 +130,8 @@ def floor_decode(ds, args, dev):
 
 
 def floor_torch(ds, model, args, dev, out):
-    """Decode, normalise, forward under autocast, L2-normalise, fp16, one np.save."""
+    """Decode, normalise, forward (bf16 autocast or plain fp32, --floor-amp), L2-normalise,
+    fp16, one np.save."""
     parts = Parts(dev)
     feats = None
     batches = decoded_batches(ds, args.batch)
@@ -141,7 +142,8 @@ def floor_torch(ds, model, args, dev, out):
         if imgs is None:
             break
         with parts("model"):
-            with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16):
+            with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16,
+                                                        enabled=args.floor_amp == "bf16"):
                 e = model(normalised(imgs, dev))
             e = F.normalize(e.float()).half().cpu().numpy()
         if feats is None:
@@ -299,8 +301,9 @@ def _where(parts, total):
 
 def print_table(args):
     print("\nfacenms pipeline vs plain torch, %s, %d threads, backbone %s, batch %d, "
-          "medians of %d" % (args.device, torch.get_num_threads(), args.backbone, args.batch,
-                             args.repeats))
+          "floor precision %s, medians of %d" % (args.device, torch.get_num_threads(),
+                                                 args.backbone, args.batch, args.floor_amp,
+                                                 args.repeats))
     head = ("stage", "variant", "floor img/s", "facenms img/s", "ratio", "best/best",
             "floor: where", "facenms: where")
     rows = [(s, v, "%.1f" % a, "%.1f" % b, "%.2fx" % r, "%.2fx" % bb, wf, wo)
@@ -488,8 +491,14 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     ap.add_argument("--keep-data", help="generate the faces here once and reuse them")
+    ap.add_argument("--floor-amp", choices=("auto", "bf16", "fp32"), default="auto",
+                    help="the extraction floor's precision; auto: bf16 where the device "
+                         "computes it natively, else plain fp32 (no channels_last)")
     args = ap.parse_args()
     dev = torch.device(args.device)
+    if args.floor_amp == "auto":
+        from facenms.pipeline.precision import resolve_amp
+        args.floor_amp = "bf16" if resolve_amp("auto", dev) == "bf16" else "fp32"
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     tmp = tempfile.mkdtemp(prefix="facenms-bench-")
