@@ -59,7 +59,9 @@ DEFAULT_THRESHOLD = 8.0
 DEFAULT_MIN_FACES = 3
 MAD_TO_SIGMA = 1.4826
 NO_CENTRE = 2.0 ** -32  # as facenms.reference: a centre shorter than n * this is no direction
-BLOCK_ELEMENTS = 1 << 23  # similarities per block of faces against all centres
+# elements per block (rows x d for the centres, rows x centres for the search): 8 MB of
+# float32 stays in a shared L3; 1 << 23 measured 9-13% slower on 200k faces x 512
+BLOCK_ELEMENTS = 1 << 21
 # |bfloat16 - float32 cosine| of unit vectors: 2 roundings of 2**-8 relative per product,
 # summed over products whose magnitudes sum to <= 1, the result rounded (2**-9), float32
 # accumulation; 2**-6 covers that with room
