@@ -33,8 +33,8 @@ def add(sub):
 
 def run(args):
     from ..pipeline.extract import extract
-    kw = options_set(args, ["batch_size", "workers", "device", "input_size", "labels_path", "mean",
-                      "std", "channel_order"])
+    kw = options_set(args, ["batch_size", "workers", "device", "input_size", "labels_path",
+                            "mean", "std", "channel_order"])
     kw["amp"] = None if args.amp == "none" else args.amp
     path = extract(args.dataset, args.model, args.out, flip=args.flip,
                    resume=not args.no_resume, **kw)

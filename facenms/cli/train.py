@@ -30,7 +30,7 @@ def add(sub):
 def run(args):
     from ..pipeline.proxy import train_proxy
     kw = options_set(args, ["subset", "fraction", "seed", "backbone", "head", "embedding_size",
-                      "input_size", "epochs", "batch_size", "lr", "workers", "device"])
+                            "input_size", "epochs", "batch_size", "lr", "workers", "device"])
     kw["amp"] = None if args.amp == "none" else args.amp
     path = train_proxy(args.dataset, args.out, resume=not args.no_resume, **kw)
     print("facenms train-proxy: checkpoint %s" % path)
