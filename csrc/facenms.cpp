@@ -85,6 +85,16 @@ STABLE_TORCH_LIBRARY(facenms, m) {
   // then its identity is not walked).
   m.def("rank_nms(Tensor x, Tensor order, Tensor offsets, Tensor thresholds, int min_keep,"
         " bool centrality) -> (Tensor, Tensor, Tensor, Tensor)");
+  // The first pass of label_issues: each identity's rows `order` ranked by
+  // centrality (ascending sparsity score as prepare computes it, ties by the
+  // smaller row index), the centre of its first ceil(n/2) unit rows (all of
+  // them below min_faces rows; zero if shorter than 2**-32 per row) and every
+  // row's cosine to it, in float64 (returned in float32, float64 for float64
+  // x). Returns the ranked order, centres (C, d), the cosines following the
+  // ranked order, and the smallest row that is zero or not finite (-1 if
+  // none; its identity gets zeros). CPU only.
+  m.def("trimmed_centres(Tensor x, Tensor order, Tensor offsets, int min_faces)"
+        " -> (Tensor, Tensor, Tensor, Tensor)");
   // The CUDA schedule and tile table, computed on the host with the code the
   // CUDA library runs (cuda/nms_plan_kernel.cpp; for tests): sched (C,) and tiles
   // (n_tiles, 4) = identity, kb, mb, mask offset. Not part of the API.

@@ -78,6 +78,62 @@ def test_rank_nms_reports_the_smallest_bad_row():
     assert int(bad) == 3 and int(bits[3:].sum()) == 1  # the bad identity is skipped
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("min_faces", [1, 3, 50])
+def test_trimmed_centres_equals_rank_then_torch_centres(dtype, min_faces):
+    """The fused first pass of label_issues against ranking.rank + the torch centres."""
+    from facenms.core.cleaning import trimmed_centres
+    from facenms.core.csr import group as _group
+    from facenms.core.ranking import rank as _rank
+    x, labels = webface_like(3000, dim=40, seed=6)
+    x = torch.from_numpy(x).to(dtype)
+    x[7] = x[5]  # exact ties: the smaller index first
+    labels[7] = labels[5]
+    _, order, offsets, sizes = _group(labels, len(labels), x.device)
+    ranked, centres, a, bad = ops.trimmed_centres(x, order, offsets, min_faces)
+    want, norms = _rank(x, order, offsets, sizes, method="centrality", with_norms=True)
+    assert torch.equal(ranked, want) and int(bad) == -1
+    out = torch.float64 if dtype == torch.float64 else torch.float32
+    assert centres.dtype == a.dtype == out
+    c2, a2 = trimmed_centres(x, want, norms, offsets, sizes, min_faces=min_faces,
+                             dtype=torch.float64)
+    torch.testing.assert_close(centres.double(), c2, atol=1e-6, rtol=0)
+    torch.testing.assert_close(a.double(), a2, atol=1e-6, rtol=0)
+    # rows further apart than their length (a column slice): same answer
+    wide = torch.zeros(x.shape[0], x.shape[1] + 3, dtype=dtype)
+    wide[:, :-3] = x
+    r3, c3, a3, _ = ops.trimmed_centres(wide[:, :-3], order, offsets, min_faces)
+    assert torch.equal(r3, ranked) and torch.equal(c3, centres) and torch.equal(a3, a)
+
+
+def test_trimmed_centres_edge_cases():
+    # one face, a one-face identity next to a two-face one, an empty identity
+    x = torch.tensor([[3.0, 4.0], [1.0, 0.0], [0.0, 2.0]])
+    ranked, centres, a, bad = ops.trimmed_centres(x, torch.tensor([0, 1, 2]),
+                                                  torch.tensor([0, 1, 1, 3]), 3)
+    assert int(bad) == -1 and ranked.tolist() == [0, 1, 2]
+    torch.testing.assert_close(centres, torch.tensor([[0.6, 0.8], [0.0, 0.0],
+                                                      [0.5 ** 0.5, 0.5 ** 0.5]]))
+    torch.testing.assert_close(a, torch.tensor([1.0, 0.5 ** 0.5, 0.5 ** 0.5]))
+    # opposite faces cancel: no centre (zeros), cosines 0
+    _, centres, a, _ = ops.trimmed_centres(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]),
+                                           torch.tensor([0, 1]), torch.tensor([0, 2]), 3)
+    assert not centres.any() and not a.any()
+    # no rows at all
+    ranked, centres, a, bad = ops.trimmed_centres(torch.zeros(0, 5), torch.zeros(0, dtype=torch.int64),
+                                                  torch.tensor([0]), 3)
+    assert ranked.numel() == a.numel() == centres.numel() == 0 and int(bad) == -1
+
+
+def test_trimmed_centres_reports_the_smallest_bad_row():
+    x = torch.ones(6, 20)
+    x[5] = 0
+    x[3, 1] = float("nan")
+    _, centres, _, bad = ops.trimmed_centres(x, torch.tensor([0, 3, 5, 1, 2, 4]),
+                                             torch.tensor([0, 3, 6]), 3)
+    assert int(bad) == 3 and not centres[0].any() and bool(centres[1].any())
+
+
 def test_min_keep_fills_best_ranked_first():
     x = torch.tensor([[1.0, 0.0]] * 5)
     bits, counts = ops.nms(x, torch.arange(5), torch.tensor([0, 5]),
@@ -115,6 +171,7 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.facenms.nms.default, (x, order, offsets, thr, 1))
     torch.library.opcheck(torch.ops.facenms.prepare.default, (x, order, offsets))
     torch.library.opcheck(torch.ops.facenms.rank_nms.default, (x, order, offsets, thr, 1, False))
+    torch.library.opcheck(torch.ops.facenms.trimmed_centres.default, (x, order, offsets, 3))
 
 
 def test_torch_compile_traces_select():

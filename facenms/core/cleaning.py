@@ -34,9 +34,9 @@ The rule (``facenms.reference.label_issues`` states it in plain numpy):
 Cost. ``s_i`` can exceed the threshold only if ``(mu - a_i) + (1 - a_i) >
 threshold * sigma`` (as ``b_i <= 1``); only those candidates (a few percent)
 are compared with every centre, in blocks of faces against all centres
-(``torch.mm``), never a dense N x K matrix; float32 features are screened
-in bfloat16 first and only the faces the screen cannot rule out are computed
-in float32 (the result is the float32 one). That search costs candidates x
+(``torch.mm``), never a dense N x K matrix; where bfloat16 is native, float32
+features are screened in bfloat16 first and only the faces the screen cannot
+rule out are computed in float32 (the result is the float32 one). That search costs candidates x
 K x d multiply-adds, which grows with the number of identities: at millions
 of identities it, not the read, dominates; ``search="faiss"`` asks a faiss
 index of the centres instead (approximate from FAISS_EXACT identities on: it
@@ -51,9 +51,11 @@ from typing import Dict
 import numpy as np
 import torch
 
-from . import ranking
+from . import ops, ranking
+from .hardware import native_bf16
 from .csr import arange_within, group, segment_ids
-from .inputs import as_tensor, check_count, check_device, check_features, number, to_family
+from .inputs import (as_tensor, check_count, check_device, check_features, number,
+                     raise_bad_row, to_family)
 
 DEFAULT_THRESHOLD = 8.0
 DEFAULT_MIN_FACES = 3
@@ -125,6 +127,26 @@ def unit(x, dtype):
     return y / torch.linalg.vector_norm(y, dim=1, keepdim=True)
 
 
+def ranked_centres(x, order, offsets, sizes, *, min_faces, dtype):
+    """(ranked order, centres (C, d), a per ranked position) of rule steps 1-2.
+
+    On the CPU one fused kernel ranks, sums and takes the cosines while each
+    identity is in cache (float64 inside); elsewhere ranking.rank and
+    trimmed_centres. Raises ValueError naming the first zero or non-finite row.
+    """
+    if x.device.type == "cpu" and order.numel():
+        ranked, centres, a, bad = ops.trimmed_centres(x, order, offsets, min_faces)
+        if int(bad) >= 0:
+            raise_bad_row(x)
+        return ranked, centres.to(dtype), a.to(dtype)
+    ranked, norms = order, torch.zeros(0, dtype=torch.float64, device=x.device)
+    if order.numel():
+        ranked, norms = ranking.rank(x, order, offsets, sizes, method="centrality",
+                                     with_norms=True)
+    return (ranked,) + trimmed_centres(x, ranked, norms, offsets, sizes, min_faces=min_faces,
+                                       dtype=dtype)
+
+
 def trimmed_centres(x, ranked, norms, offsets, sizes, *, min_faces, dtype):
     """(centres (C, d) in dtype, a (per rank position)) for identities in centrality order.
 
@@ -189,11 +211,13 @@ def nearest_other(y, own, centres, need=None):
     all centres; (None, None) when there is no other identity.
 
     need: per row, the b above which the row would be flagged. Then, for a large
-    search (over SCREEN_WORK multiply-adds), float32 rows are first screened in bfloat16 (several times the float32 rate on CPUs with
-    AMX and on GPUs): a bfloat16 cosine of unit vectors is within BF16_ERROR of
+    search (over SCREEN_WORK multiply-adds) on a device with native bfloat16 (AMX,
+    AVX512_BF16, most GPUs: several times the float32 rate), float32 rows are first
+    screened in bfloat16: a bfloat16 cosine of unit vectors is within BF16_ERROR of
     the float32 one, so a row whose screened maximum is below need - BF16_ERROR
     cannot be flagged; it gets b = -inf, and only the others are computed in
     float32. The flagged faces and their b, k are exactly the float32 ones.
+    Without native bfloat16 the screen would be slower than float32 itself.
     """
     n, k_all = y.shape[0], centres.shape[0]
     if k_all < 2:  # no other identity: b_i = a_i (the caller's rule)
@@ -203,7 +227,7 @@ def nearest_other(y, own, centres, need=None):
     step = max(1, BLOCK_ELEMENTS // k_all)
     rows = torch.arange(n, device=y.device)
     big = n * k_all * y.shape[1] > SCREEN_WORK
-    if need is not None and y.dtype == torch.float32 and big:
+    if need is not None and y.dtype == torch.float32 and big and native_bf16(y.device):
         low = centres.to(torch.bfloat16).T
         keep = []
         for lo in range(0, n, step):
@@ -272,12 +296,8 @@ def label_issues(features, labels, *, threshold=None, min_faces=None, device=Non
         x = x.to(dev)
     n, dtype = x.shape[0], compute_dtype(x)
     uniq, order, offsets, sizes = group(labels, n, x.device)
-    norms = torch.zeros(0, dtype=torch.float64, device=x.device)
-    if n:  # centrality order; raises ValueError naming the first zero or non-finite row
-        order, norms = ranking.rank(x, order, offsets, sizes, method="centrality",
-                                    with_norms=True)
-    centres, a_pos = trimmed_centres(x, order, norms, offsets, sizes, min_faces=min_faces,
-                                     dtype=dtype)
+    order, centres, a_pos = ranked_centres(x, order, offsets, sizes, min_faces=min_faces,
+                                           dtype=dtype)
     ident = segment_ids(sizes, total=n)
     a = torch.empty(n, dtype=dtype, device=x.device)
     a[order] = a_pos
@@ -339,5 +359,6 @@ def counted_ratio(ratio, n, dropped):
     return 1.0 if left <= 0 else min(1.0, ratio * n / left)
 
 
-__all__ = ["LabelIssuesInfo", "label_issues", "trimmed_centres", "robust_scale", "candidates",
-           "nearest_other", "issue_scores", "flag_candidates", "make_info", "counted_ratio"]
+__all__ = ["LabelIssuesInfo", "label_issues", "ranked_centres", "trimmed_centres",
+           "robust_scale", "candidates", "nearest_other", "issue_scores", "flag_candidates",
+           "make_info", "counted_ratio"]

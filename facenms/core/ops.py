@@ -63,6 +63,20 @@ def rank_nms(x: torch.Tensor, order: torch.Tensor, offsets: torch.Tensor,
                                       bool(centrality))
 
 
+def trimmed_centres(x: torch.Tensor, order: torch.Tensor, offsets: torch.Tensor,
+                    min_faces: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                             torch.Tensor]:
+    """Each identity ranked by centrality, the centre of its nearer ceil(n/2) unit rows
+    (all rows below ``min_faces``) and every row's cosine to it, in one read.
+
+    Returns the ranked ``order``, the centres (C, d) and cosines (following the ranked
+    order) in float32 (float64 for float64 x), and the smallest row index that is zero
+    or not finite as a 0-d tensor (-1 if none). CPU only.
+    """
+    load()
+    return torch.ops.facenms.trimmed_centres(x, order, offsets, int(min_faces))
+
+
 def _register_fakes():
     """Output shapes without running anything (called once _C has defined the ops)."""
     def check_csr(x, order, offsets):  # what the kernels' TORCH_CHECKs ask of every op
@@ -104,3 +118,11 @@ def _register_fakes():
         check_thresholds(offsets, thresholds)
         return (torch.empty_like(order), order.new_empty(order.shape),
                 order.new_empty(thresholds.shape), order.new_empty(()))
+
+    @torch.library.register_fake("facenms::trimmed_centres")
+    def _trimmed_centres_fake(x, order, offsets, min_faces):
+        check_csr(x, order, offsets)
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        return (torch.empty_like(order), x.new_empty((offsets.shape[0] - 1, x.shape[1]),
+                                                     dtype=dtype),
+                x.new_empty(order.shape, dtype=dtype), order.new_empty(()))

@@ -9,21 +9,9 @@ import sys
 
 import torch
 
+from ..core.hardware import cpu_has_native_bf16, cuda_has_bf16
+
 AMP_CHOICES = ("auto", "bf16", "fp16", None)
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (oneDNN's own test: AVX512_BF16 or AMX)."""
-    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    try:
-        return bool(probe()) if probe is not None else False
-    except (RuntimeError, AttributeError):
-        return False
-
-
-def cuda_has_bf16(device) -> bool:
-    """Whether the CUDA device computes bf16 natively (compute capability 8.0 on)."""
-    return torch.cuda.get_device_capability(device)[0] >= 8
 
 
 def check_amp(amp):

@@ -16,9 +16,8 @@ import time
 
 import torch
 
-from ..core import ranking
 from ..core.cleaning import (candidates, check_options, compute_dtype, faiss_index,
-                             flag_candidates, make_info, robust_scale, trimmed_centres, unit)
+                             flag_candidates, make_info, ranked_centres, robust_scale, unit)
 from ..core.csr import group, segment_ids
 from ..core.inputs import bad_row_message, to_family
 from .blocks import block_rows, blocks, first_bad_in_block, source
@@ -41,14 +40,12 @@ def first_pass(src, dev, dtype, order, offsets, sizes, *, span, rows, min_faces)
         x = x_h.to(dev)
         off = (offsets[c0:c1 + 1] - lo).to(dev)
         try:
-            ranked, norms = ranking.rank(x, local.to(dev), off, sizes[c0:c1].to(dev),
-                                         method="centrality", with_norms=True)
+            ranked, cent, a_pos = ranked_centres(x, local.to(dev), off, sizes[c0:c1].to(dev),
+                                                 min_faces=min_faces, dtype=dtype)
         except ValueError:
             found = first_bad_in_block(x_h, local, caller)
             bad = found if bad is None else min(bad, found)
             continue
-        cent, a_pos = trimmed_centres(x, ranked, norms, off, sizes[c0:c1].to(dev),
-                                      min_faces=min_faces, dtype=dtype)
         if centres is None:
             centres = torch.zeros((len(sizes), x.shape[1]), dtype=dtype, device=dev)
         centres[c0:c1] = cent

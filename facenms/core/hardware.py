@@ -1,0 +1,25 @@
+"""What the hardware computes natively: bf16 pays only where it does (CUDA
+devices from Ampere on, CPUs with AMX or AVX512_BF16); elsewhere it is
+emulated, several times slower than float32."""
+import torch
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (oneDNN's own test: AVX512_BF16 or AMX)."""
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(probe()) if probe is not None else False
+    except (RuntimeError, AttributeError):
+        return False
+
+
+def cuda_has_bf16(device) -> bool:
+    """Whether the CUDA device computes bf16 natively (compute capability 8.0 on)."""
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
+def native_bf16(device) -> bool:
+    """Whether `device` (a torch.device) computes bf16 matrix products natively."""
+    if device.type == "cuda":
+        return cuda_has_bf16(device)
+    return device.type == "cpu" and cpu_has_native_bf16()
