@@ -1,7 +1,7 @@
 """The CPU walk's FLOP rate against fp32 torch.mm, per clone and dtype.
 
     python bench/cpu_rate.py [--faces 120000] [--dim 512] [--threshold 0.8]
-                             [--repeat 3] [--isa v4,v3,baseline]
+                             [--duplicates 0.33] [--repeat 3] [--isa v4,v3,baseline]
 
 Runs each clone of the CPU kernels the CPU supports (FACENMS_CPU_ISA, one
 subprocess each, interleaved over --repeat rounds) on one WebFace-like set.
@@ -9,7 +9,8 @@ Each subprocess times facenms.select for fp32, fp16 and bf16 input and fp32
 torch.mm (4096 x d by d x 4096, best of 5) in the same process and threads.
 Only the dot products the greedy walk needs count: each face against the
 faces kept before it in its identity (newest first, as the walk goes), up to
-its first suppression. Prints medians over the rounds (min-max in brackets)
+its first suppression; fewer near-duplicates (--duplicates, the share of faces
+that copy an earlier face of their identity) mean longer walks. Prints medians over the rounds (min-max in brackets)
 and the ratio walk / GEMM. Imports the facenms on the path (PYTHONPATH or the
 installed package) and prints which one.
 """
@@ -107,6 +108,7 @@ def main(argv=None):
     p.add_argument("--faces", type=int, default=120_000)
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--threshold", type=float, default=0.8)
+    p.add_argument("--duplicates", type=float, default=0.33)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--isa", default=None, help="clones to run (default: all this CPU runs)")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -119,7 +121,7 @@ def main(argv=None):
     print("facenms from %s; %s; %d threads; torch %s" % (
         os.path.dirname(facenms.__file__), cpu_model(), torch.get_num_threads(),
         torch.__version__))
-    x, labels = webface_like(args.faces, dim=args.dim, seed=0)
+    x, labels = webface_like(args.faces, dim=args.dim, seed=0, duplicates=args.duplicates)
     x = np.ascontiguousarray(x, dtype=np.float32)
     sizes = np.bincount(labels)
     need = dots_needed(x, labels, args.threshold) / len(x)
