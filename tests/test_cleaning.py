@@ -248,23 +248,50 @@ def test_two_process_torchrun_equals_one_process(tmp_path):
                                                                 clean=True))
 
 
-def test_bfloat16_screen_changes_nothing(monkeypatch):
-    """Rows screened out in bfloat16 could not have been flagged; the rest are exact."""
+@pytest.mark.parametrize("kind", ["int8", "bf16"])
+def test_screens_change_nothing(monkeypatch, kind):
+    """Rows a screen rules out could not have been flagged; the rest are exact."""
     from facenms.core import cleaning
     from facenms.core.cleaning import nearest_other
     monkeypatch.setattr(cleaning, "SCREEN_WORK", 0)
-    monkeypatch.setattr(cleaning, "native_bf16", lambda device: True)  # screen on any CPU
+    monkeypatch.setattr(cleaning, "screen_kind", lambda device, d: kind)  # on any CPU
     g = torch.Generator().manual_seed(0)
     y = torch.nn.functional.normalize(torch.randn(500, 32, generator=g), dim=1)
     centres = torch.nn.functional.normalize(torch.randn(40, 32, generator=g), dim=1)
+    centres[3] = 0  # an identity without a centre
     own = torch.randint(0, 40, (500,), generator=g)
     b, k = nearest_other(y, own, centres)
-    need = b + (torch.rand(500, generator=g) - 0.5) * 0.02  # around each row's b
+    need = b + (torch.rand(500, generator=g) - 0.5) * 0.1  # around each row's b
     b2, k2 = nearest_other(y, own, centres, need)
     hit = b > need
     assert 0 < int(hit.sum()) < 500
     assert torch.equal(b2[hit], b[hit]) and torch.equal(k2[hit], k[hit])
     assert bool((b2[~hit] <= b[~hit]).all())  # screened out: -inf, or exact
+    assert bool(torch.isinf(b2).any())  # the screen ruled some rows out
+
+
+@given(st.integers(16, 300), st.integers(0, 2 ** 31 - 1), st.sampled_from([1.0, 1e-3, 30.0]))
+@settings(max_examples=60, deadline=None)
+def test_int8_screen_error_bound_holds(d, seed, spread):
+    """The bound the int8 screen uses is never exceeded: its float32 products against
+    the exact float64 ones, for rows of any length, peaked rows included."""
+    from facenms.core.screen import INT8_SLACK, int8_rows
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(64, d, generator=g) * torch.rand(64, d, generator=g) ** spread
+    v[0, 0] = 1e3  # one dominant coordinate
+    v = torch.nn.functional.normalize(v, dim=1)
+    q, s, e = int8_rows(v)
+    qc, t, f = int8_rows(v, common=True)  # the centres' side: one scale
+    approx = torch._int_mm(q, qc.T).double() * s.double()[:, None] * float(t)  # as screen()
+    exact = v.double() @ v.double().T
+    bound = (e + (1 + e) * f.max() + INT8_SLACK).double()[:, None]
+    assert bool(((approx - exact).abs() <= bound).all())
+    assert bool((q.abs() <= 127).all()) and bool((qc.abs() <= 127).all())
+
+
+def test_no_int8_screen_for_short_rows():
+    from facenms.core.screen import INT8_MIN_DIM, screen_kind
+    assert screen_kind(torch.device("cpu"), INT8_MIN_DIM - 1) != "int8"
 
 
 @pytest.mark.parametrize("exact_below", [100_000, 0])

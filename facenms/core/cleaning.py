@@ -34,9 +34,10 @@ The rule (``facenms.reference.label_issues`` states it in plain numpy):
 Cost. ``s_i`` can exceed the threshold only if ``(mu - a_i) + (1 - a_i) >
 threshold * sigma`` (as ``b_i <= 1``); only those candidates (a few percent)
 are compared with every centre, in blocks of faces against all centres
-(``torch.mm``), never a dense N x K matrix; where bfloat16 is native, float32
-features are screened in bfloat16 first and only the faces the screen cannot
-rule out are computed in float32 (the result is the float32 one). That search costs candidates x
+(``torch.mm``), never a dense N x K matrix; float32 features are screened
+first in int8 (x86 CPUs) or bfloat16 (where native) with a proven error
+bound, and only the faces the screen cannot rule out are computed in float32
+(the result is the float32 one). That search costs candidates x
 K x d multiply-adds, which grows with the number of identities: at millions
 of identities it, not the read, dominates; ``search="faiss"`` asks a faiss
 index of the centres instead (approximate from FAISS_EXACT identities on: it
@@ -52,10 +53,10 @@ import numpy as np
 import torch
 
 from . import ops, ranking
-from .hardware import native_bf16
 from .csr import arange_within, group, segment_ids
 from .inputs import (as_tensor, check_count, check_device, check_features, number,
                      raise_bad_row, to_family)
+from .screen import screen, screen_kind
 
 DEFAULT_THRESHOLD = 8.0
 DEFAULT_MIN_FACES = 3
@@ -64,10 +65,6 @@ NO_CENTRE = 2.0 ** -32  # as facenms.reference: a centre shorter than n * this i
 # elements per block (rows x d for the centres, rows x centres for the search): 8 MB of
 # float32 stays in a shared L3; 1 << 23 measured 9-13% slower on 200k faces x 512
 BLOCK_ELEMENTS = 1 << 21
-# |bfloat16 - float32 cosine| of unit vectors: 2 roundings of 2**-8 relative per product,
-# summed over products whose magnitudes sum to <= 1, the result rounded (2**-9), float32
-# accumulation; 2**-6 covers that with room
-BF16_ERROR = 2.0 ** -6
 FAISS_EXACT = 100_000  # centres below which search="faiss" uses a flat (exact) index
 SCREEN_WORK = 1 << 28  # multiply-adds below which the screen costs more than it saves
 
@@ -211,13 +208,11 @@ def nearest_other(y, own, centres, need=None):
     all centres; (None, None) when there is no other identity.
 
     need: per row, the b above which the row would be flagged. Then, for a large
-    search (over SCREEN_WORK multiply-adds) on a device with native bfloat16 (AMX,
-    AVX512_BF16, most GPUs: several times the float32 rate), float32 rows are first
-    screened in bfloat16: a bfloat16 cosine of unit vectors is within BF16_ERROR of
-    the float32 one, so a row whose screened maximum is below need - BF16_ERROR
-    cannot be flagged; it gets b = -inf, and only the others are computed in
-    float32. The flagged faces and their b, k are exactly the float32 ones.
-    Without native bfloat16 the screen would be slower than float32 itself.
+    float32 search (over SCREEN_WORK multiply-adds), rows are first screened in
+    the fastest number format the device has (facenms.core.screen: int8 on x86
+    CPUs, bfloat16 where native), with a proven error bound; a row the screen
+    rules out gets b = -inf, and only the others are computed in float32. The
+    flagged faces and their b, k are exactly the float32 ones.
     """
     n, k_all = y.shape[0], centres.shape[0]
     if k_all < 2:  # no other identity: b_i = a_i (the caller's rule)
@@ -226,15 +221,10 @@ def nearest_other(y, own, centres, need=None):
     k = torch.zeros(n, dtype=torch.int64, device=y.device)
     step = max(1, BLOCK_ELEMENTS // k_all)
     rows = torch.arange(n, device=y.device)
-    big = n * k_all * y.shape[1] > SCREEN_WORK
-    if need is not None and y.dtype == torch.float32 and big and native_bf16(y.device):
-        low = centres.to(torch.bfloat16).T
-        keep = []
-        for lo in range(0, n, step):
-            sims = torch.mm(y[lo:lo + step].to(torch.bfloat16), low)
-            sims.scatter_(1, own[lo:lo + step, None], -math.inf)
-            keep.append(sims.max(dim=1).values.float() > need[lo:lo + step] - BF16_ERROR)
-        rows = rows[torch.cat(keep)] if keep else rows[:0]
+    kind = screen_kind(y.device, y.shape[1])
+    if need is not None and y.dtype == torch.float32 and kind and \
+            n * k_all * y.shape[1] > SCREEN_WORK:
+        rows = rows[screen(y, own, centres, need, step, kind)]
     for lo in range(0, rows.shape[0], step):
         r = rows[lo:lo + step]
         sims = torch.mm(y.index_select(0, r), centres.T)

@@ -1,0 +1,84 @@
+"""Screens of the nearest-centre search: cheap products that rule rows out.
+
+label_issues needs, for each candidate row y, b = max over other identities'
+centres m of <y, m>, but only where b exceeds the row's `need`. A screen
+computes every <y, m> in a faster number format with a proven error bound
+err; a row whose screened maximum is at most need - err cannot be flagged and
+is not computed in float32. The flags are therefore the float32 ones.
+
+- int8 on CPUs with AVX2 or more (``torch._int_mm``, int32 sums: 2x the
+  float32 rate with AVX2, 4x with VNNI): each row is scaled to +-127 and
+  rounded, the centres with one scale t for all. With y = s q + e and
+  m = t r + f (unit rows, |e|, |f| their rounding residuals' norms),
+  Cauchy-Schwarz gives
+
+      |<y, m> - s t <q, r>| <= |e| |m| + |s q| |f| <= |e| + (1 + |e|) max |f|,
+
+  and max over m of <q, r> is an exact integer.
+- bfloat16 where the device computes it natively (CUDA from Ampere on, CPUs
+  with AMX or AVX512_BF16): within BF16_ERROR of float32 for unit rows.
+
+Elsewhere there is no screen: emulated bfloat16 is ten times slower than
+float32 itself.
+"""
+import math
+
+import torch
+
+from .hardware import fast_int8, native_bf16
+
+# |bfloat16 - float32 cosine| of unit vectors: 2 roundings of 2**-8 relative per product,
+# summed over products whose magnitudes sum to <= 1, the result rounded (2**-9), float32
+# accumulation; 2**-6 covers that with room
+BF16_ERROR = 2.0 ** -6
+# float32 rounding in the int8 residuals and the rescaled product, with room
+INT8_SLACK = 2.0 ** -16
+INT8_MIN_DIM = 16  # torch._int_mm on the CPU mis-sums rows of one element; short rows gain little
+
+
+def int8_rows(v, common=False):
+    """(q int8, scale, residual norms (n,)) with v ~ scale * q: a scale per row
+    (n,), or with `common` one for all rows (0-d)."""
+    amax = torch.linalg.vector_norm(v, ord=math.inf, dim=1)
+    if common:
+        amax = amax.max() if amax.numel() else amax.new_zeros(())
+    scale = amax / 127
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    per = scale if common else scale[:, None]
+    r = v * (1 / per)
+    q = torch.round(r).clamp_(-127, 127)
+    # |v - scale q| = scale |r - q|, up to float32 rounding (in INT8_SLACK)
+    return q.to(torch.int8), scale, torch.linalg.vector_norm(r - q, dim=1) * scale
+
+
+def screen_kind(device, d):
+    """'int8', 'bf16' or None: the screen that pays on `device` for rows of d."""
+    if fast_int8(device) and d >= INT8_MIN_DIM:
+        return "int8"
+    return "bf16" if native_bf16(device) else None
+
+
+def screen(y, own, centres, need, step, kind):
+    """Boolean per row of y: may its largest cosine to a centre other than its own
+    (`own`: indices into centres) exceed `need`? Rows of `step` at a time."""
+    if kind == "int8":  # one scale for all centres: the row's maximum stays an integer
+        qc, t, f = int8_rows(centres, common=True)
+        qc, t, worst = qc.T, float(t), float(f.max())
+    else:
+        low = centres.to(torch.bfloat16).T
+    keep = []
+    for lo in range(0, y.shape[0], step):
+        rows, mine = y[lo:lo + step], own[lo:lo + step, None]
+        if kind == "int8":
+            q, s, e = int8_rows(rows)
+            sims = torch._int_mm(q, qc).scatter_(1, mine, torch.iinfo(torch.int32).min)
+            top = sims.max(dim=1).values.double() * s.double() * t
+            err = e + (1 + e) * worst + INT8_SLACK
+        else:
+            sims = torch.mm(rows.to(torch.bfloat16), low).scatter_(1, mine, -math.inf)
+            top, err = sims.max(dim=1).values.float(), BF16_ERROR
+        keep.append(top > need[lo:lo + step] - err)
+    return torch.cat(keep) if keep else torch.zeros(0, dtype=torch.bool, device=y.device)
+
+
+__all__ = ["BF16_ERROR", "int8_rows", "screen_kind", "screen"]
