@@ -72,11 +72,11 @@ def screen(y, own, centres, need, step, kind):
         if kind == "int8":
             q, s, e = int8_rows(rows)
             sims = torch._int_mm(q, qc).scatter_(1, mine, torch.iinfo(torch.int32).min)
-            top = sims.max(dim=1).values.double() * s.double() * t
+            top = sims.amax(dim=1).double() * s.double() * t
             err = e + (1 + e) * worst + INT8_SLACK
         else:
             sims = torch.mm(rows.to(torch.bfloat16), low).scatter_(1, mine, -math.inf)
-            top, err = sims.max(dim=1).values.float(), BF16_ERROR
+            top, err = sims.amax(dim=1).float(), BF16_ERROR
         keep.append(top > need[lo:lo + step] - err)
     return torch.cat(keep) if keep else torch.zeros(0, dtype=torch.bool, device=y.device)
 
