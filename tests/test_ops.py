@@ -24,6 +24,8 @@ def test_build_info_reports_the_build():
     assert info["compiler"] and "flags" in info
     # with CUDA compiled in, the kernels are registered with the dispatcher
     assert info["cuda_kernels_registered"] == info["cuda"]
+    assert info["cpu_bf16"] in ("native", "emulated")
+    assert info["cpu_label_issues_screen"] in ("int8", "bf16", "none")
 
 
 def test_many_lanes_equal_single_runs():

@@ -18,6 +18,9 @@ import os
 
 import torch
 
+from .hardware import native_bf16
+from .screen import screen_kind
+
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the facenms package
 # From the source tree, a plain install builds for the torch that is installed.
 FIX = "pip install --force-reinstall --no-deps ."
@@ -144,4 +147,8 @@ def build_info():
     info["cuda_available"] = torch.cuda.is_available()
     info["torch_runtime"] = torch.__version__
     info["threads"] = torch.get_num_threads()
+    # the number formats that pay on this CPU: amp="auto" and label_issues' screen
+    cpu = torch.device("cpu")
+    info["cpu_bf16"] = "native" if native_bf16(cpu) else "emulated"
+    info["cpu_label_issues_screen"] = screen_kind(cpu, 512) or "none"
     return info
