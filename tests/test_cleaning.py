@@ -271,6 +271,32 @@ def test_screens_change_nothing(monkeypatch, kind, shift):
     assert bool(torch.isinf(b2).any()) == (kind is not None)  # the screen ruled rows out
 
 
+@pytest.mark.parametrize("kind", ["int8", "bf16"])
+def test_screened_label_issues_equal_unscreened(monkeypatch, tmp_path, kind):
+    """End to end, in memory and streamed: a screen on every search rules most
+    candidates out and changes no flag, no score and no nearest identity."""
+    from facenms.core import cleaning
+    x, labels, _ = planted(n_ident=80, d=32, wrong=0.03, outliers=0.02, seed=3, spread=1.0)
+    want, winfo = facenms.label_issues(x, labels, threshold=4.0, return_info=True)
+    kept, screen = [], cleaning.screen
+
+    def recorded(*args):
+        out = screen(*args)
+        kept.append((int(out.sum()), out.numel()))
+        return out
+    monkeypatch.setattr(cleaning, "SCREEN_WORK", 0)
+    monkeypatch.setattr(cleaning, "screen_kind", lambda device, d: kind)
+    monkeypatch.setattr(cleaning, "screen", recorded)
+    np.save(tmp_path / "f.npy", x)
+    for feats, kw in ((x, {}), (str(tmp_path / "f.npy"), dict(block_size=200))):
+        got, info = facenms.label_issues(feats, labels, threshold=4.0, return_info=True, **kw)
+        np.testing.assert_array_equal(np.asarray(got), want)
+        np.testing.assert_array_equal(info.other_label, winfo.other_label)
+        np.testing.assert_array_equal(info.other_similarity, winfo.other_similarity)
+        np.testing.assert_array_equal(info.issue_score, winfo.issue_score)
+    assert len(want) > 20 and kept and all(k < n / 2 for k, n in kept)
+
+
 @given(st.integers(16, 300), st.integers(0, 2 ** 31 - 1), st.sampled_from([1.0, 1e-3, 30.0]))
 @settings(max_examples=60, deadline=None)
 def test_int8_screen_error_bound_holds(d, seed, spread):
