@@ -302,7 +302,7 @@ def test_screened_label_issues_equal_unscreened(monkeypatch, tmp_path, kind):
 def test_int8_screen_error_bound_holds(d, seed, spread):
     """The bound the int8 screen uses is never exceeded: its float32 products against
     the exact float64 ones, for rows of any length, peaked rows included."""
-    from facenms.core.screen import INT8_SLACK, int8_rows
+    from facenms.core.screen import INT8_MAX, INT8_SLACK, int8_rows
     g = torch.Generator().manual_seed(seed)
     v = torch.randn(64, d, generator=g) * torch.rand(64, d, generator=g) ** spread
     v[0, 0] = 1e3  # one dominant coordinate
@@ -313,7 +313,38 @@ def test_int8_screen_error_bound_holds(d, seed, spread):
     exact = v.double() @ v.double().T
     bound = (e + (1 + e) * f.max() + INT8_SLACK).double()[:, None]
     assert bool(((approx - exact).abs() <= bound).all())
-    assert bool((q.abs() <= 127).all()) and bool((qc.abs() <= 127).all())
+    assert bool((q.abs() <= INT8_MAX).all()) and bool((qc.abs() <= INT8_MAX).all())
+
+
+INT8_CHILD = r"""
+import torch
+from facenms.core.screen import INT8_MAX, INT8_SLACK, int8_rows
+g = torch.Generator().manual_seed(0)
+v = torch.sign(torch.randn(96, 512, generator=g))  # every element at the row's maximum
+v[48:] *= torch.rand(48, 512, generator=g) > 0.3
+v = torch.nn.functional.normalize(v, dim=1)
+q, s, e = int8_rows(v)
+qc, t, f = int8_rows(v, common=True)
+assert int(q.abs().max()) == INT8_MAX
+exact_int = q.long() @ qc.long().T
+assert torch.equal(torch._int_mm(q, qc.T).long(), exact_int), "int8 sums saturated"
+approx = exact_int.double() * s.double()[:, None] * float(t)
+bound = (e + (1 + e) * f.max() + INT8_SLACK).double()[:, None]
+assert bool(((approx - v.double() @ v.double().T).abs() <= bound).all())
+"""
+
+
+@pytest.mark.parametrize("isa", ["AVX2", "AVX512_CORE", None])
+def test_int8_products_are_exact_without_vnni(isa):
+    """oneDNN without VNNI sums u8 x s8 pairs in saturating int16: the screen's
+    +-INT8_MAX rows stay exact there (a child process per oneDNN ISA cap)."""
+    from procs import child_env
+    env = child_env()
+    if isa:
+        env["ONEDNN_MAX_CPU_ISA"] = isa
+    r = subprocess.run([sys.executable, "-c", INT8_CHILD], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
 
 
 def test_no_int8_screen_for_short_rows():

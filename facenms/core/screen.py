@@ -7,8 +7,8 @@ err; a row whose screened maximum is at most need - err cannot be flagged and
 is not computed in float32. The flags are therefore the float32 ones.
 
 - int8 on CPUs with AVX2 or more (``torch._int_mm``, int32 sums: 2x the
-  float32 rate with AVX2, 4x with VNNI): each row is scaled to +-127 and
-  rounded, the centres with one scale t for all. With y = s q + e and
+  float32 rate with AVX2, 4x with VNNI): each row is scaled to +-INT8_MAX
+  and rounded, the centres with one scale t for all. With y = s q + e and
   m = t r + f (unit rows, |e|, |f| their rounding residuals' norms),
   Cauchy-Schwarz gives
 
@@ -33,6 +33,9 @@ from .hardware import fast_int8, native_bf16
 BF16_ERROR = 2.0 ** -6
 # float32 rounding in the int8 residuals and the rescaled product, with room
 INT8_SLACK = 2.0 ** -16
+# +-63, not +-127: without VNNI (AVX2, AVX-512 before Cascade Lake) oneDNN sums pairs of
+# u8 x s8 products in saturating int16 (vpmaddubsw); |s8| <= 63 keeps a pair below 2**15
+INT8_MAX = 63
 INT8_MIN_DIM = 16  # torch._int_mm on the CPU mis-sums rows of one element; short rows gain little
 
 
@@ -42,11 +45,11 @@ def int8_rows(v, common=False):
     amax = torch.linalg.vector_norm(v, ord=math.inf, dim=1)
     if common:
         amax = amax.max() if amax.numel() else amax.new_zeros(())
-    scale = amax / 127
+    scale = amax / INT8_MAX
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     per = scale if common else scale[:, None]
     r = v * (1 / per)
-    q = torch.round(r).clamp_(-127, 127)
+    q = torch.round(r).clamp_(-INT8_MAX, INT8_MAX)
     # |v - scale q| = scale |r - q|, up to float32 rounding (in INT8_SLACK)
     return q.to(torch.int8), scale, torch.linalg.vector_norm(r - q, dim=1) * scale
 
