@@ -347,6 +347,16 @@ def test_int8_products_are_exact_without_vnni(isa):
     assert r.returncode == 0, r.stderr[-2000:]
 
 
+@pytest.mark.parametrize("common", [False, True])
+def test_int8_rows_in_blocks_equal_one_block(common):
+    from facenms.core.screen import int8_rows
+    v = torch.nn.functional.normalize(torch.randn(301, 40), dim=1)
+    v[7] = 0
+    whole = int8_rows(v, common)
+    for got, want in zip(int8_rows(v, common, block_elements=100), whole):
+        assert torch.equal(got, want)
+
+
 def test_no_int8_screen_for_short_rows():
     from facenms.core.screen import INT8_MIN_DIM, screen_kind
     assert screen_kind(torch.device("cpu"), INT8_MIN_DIM - 1) != "int8"

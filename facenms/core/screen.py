@@ -39,19 +39,27 @@ INT8_MAX = 63
 INT8_MIN_DIM = 16  # torch._int_mm on the CPU mis-sums rows of one element; short rows gain little
 
 
-def int8_rows(v, common=False):
+def int8_rows(v, common=False, block_elements=1 << 21):
     """(q int8, scale, residual norms (n,)) with v ~ scale * q: a scale per row
-    (n,), or with `common` one for all rows (0-d)."""
+    (n,), or with `common` one for all rows (0-d). Rows are taken a block of
+    about block_elements values at a time: the float temporaries stay small
+    next to the int8 result (a million centres are not copied in float32)."""
     amax = torch.linalg.vector_norm(v, ord=math.inf, dim=1)
     if common:
         amax = amax.max() if amax.numel() else amax.new_zeros(())
     scale = amax / INT8_MAX
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    per = scale if common else scale[:, None]
-    r = v * (1 / per)
-    q = torch.round(r).clamp_(-INT8_MAX, INT8_MAX)
-    # |v - scale q| = scale |r - q|, up to float32 rounding (in INT8_SLACK)
-    return q.to(torch.int8), scale, torch.linalg.vector_norm(r - q, dim=1) * scale
+    q = torch.empty(v.shape, dtype=torch.int8, device=v.device)
+    residual = torch.empty(v.shape[0], dtype=v.dtype, device=v.device)
+    step = max(1, block_elements // max(1, v.shape[1]))
+    for lo in range(0, v.shape[0], step):
+        per = scale if common else scale[lo:lo + step, None]
+        r = v[lo:lo + step] * (1 / per)
+        rq = torch.round(r).clamp_(-INT8_MAX, INT8_MAX)
+        q[lo:lo + step] = rq
+        # |v - scale q| = scale |r - q|, up to float32 rounding (in INT8_SLACK)
+        residual[lo:lo + step] = torch.linalg.vector_norm(r.sub_(rq), dim=1) * per.reshape(-1)
+    return q, scale, residual
 
 
 def screen_kind(device, d):
