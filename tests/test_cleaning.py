@@ -252,22 +252,26 @@ def test_two_process_torchrun_equals_one_process(tmp_path):
 @pytest.mark.parametrize("shift", [0.0, 0.04])  # half the rows above need, or a few
 def test_screens_change_nothing(monkeypatch, kind, shift):
     """Rows a screen rules out could not have been flagged; the rest are exact."""
-    from facenms.core import cleaning
-    from facenms.core.cleaning import nearest_other
-    monkeypatch.setattr(cleaning, "SCREEN_WORK", 0)
-    monkeypatch.setattr(cleaning, "screen_kind", lambda device, d: kind)  # on any CPU
+    from facenms.core import nearest
+    from facenms.core.nearest import nearest_other
+    monkeypatch.setattr(nearest, "SCREEN_WORK", 0)
+    monkeypatch.setattr(nearest, "screen_kind", lambda device, d: kind)  # on any CPU
     g = torch.Generator().manual_seed(0)
     y = torch.nn.functional.normalize(torch.randn(500, 32, generator=g), dim=1)
     centres = torch.nn.functional.normalize(torch.randn(40, 32, generator=g), dim=1)
     centres[3] = 0  # an identity without a centre
     own = torch.randint(0, 40, (500,), generator=g)
     b, k = nearest_other(y, own, centres)
-    need = b + (torch.rand(500, generator=g) - 0.5) * 0.1 + shift  # around each row's b
+    sims = y.double() @ centres.double().T  # float64 brute force, ties to the smaller index
+    sims[torch.arange(500), own] = -np.inf
+    torch.testing.assert_close(b, sims.amax(dim=1), atol=1e-12, rtol=0)
+    assert torch.equal(k, sims.argmax(dim=1))
+    need = b + (torch.rand(500, generator=g, dtype=torch.float64) - 0.5) * 0.1 + shift
     b2, k2 = nearest_other(y, own, centres, need)
     hit = b > need
     assert 0 < int(hit.sum()) < 500
     assert torch.equal(b2[hit], b[hit]) and torch.equal(k2[hit], k[hit])
-    assert bool((b2[~hit] <= b[~hit]).all())  # screened out: -inf, or exact
+    assert bool((b2[~hit] <= b[~hit] + 1e-5).all())  # ruled out: -inf, or the float32 top
     assert bool(torch.isinf(b2).any()) == (kind is not None)  # the screen ruled rows out
 
 
@@ -275,18 +279,18 @@ def test_screens_change_nothing(monkeypatch, kind, shift):
 def test_screened_label_issues_equal_unscreened(monkeypatch, tmp_path, kind):
     """End to end, in memory and streamed: a screen on every search rules most
     candidates out and changes no flag, no score and no nearest identity."""
-    from facenms.core import cleaning
+    from facenms.core import nearest
     x, labels, _ = planted(n_ident=80, d=32, wrong=0.03, outliers=0.02, seed=3, spread=1.0)
     want, winfo = facenms.label_issues(x, labels, threshold=4.0, return_info=True)
-    kept, screen = [], cleaning.screen
+    kept, screen = [], nearest.screen
 
-    def recorded(*args):
-        out = screen(*args)
-        kept.append((int(out.sum()), out.numel()))
-        return out
-    monkeypatch.setattr(cleaning, "SCREEN_WORK", 0)
-    monkeypatch.setattr(cleaning, "screen_kind", lambda device, d: kind)
-    monkeypatch.setattr(cleaning, "screen", recorded)
+    def recorded(y, *args):
+        rows, cols = screen(y, *args)
+        kept.append((int(torch.unique(rows).numel()), y.shape[0]))
+        return rows, cols
+    monkeypatch.setattr(nearest, "SCREEN_WORK", 0)
+    monkeypatch.setattr(nearest, "screen_kind", lambda device, d: kind)
+    monkeypatch.setattr(nearest, "screen", recorded)
     np.save(tmp_path / "f.npy", x)
     for feats, kw in ((x, {}), (str(tmp_path / "f.npy"), dict(block_size=200))):
         got, info = facenms.label_issues(feats, labels, threshold=4.0, return_info=True, **kw)
@@ -366,8 +370,8 @@ def test_no_int8_screen_for_short_rows():
 def test_faiss_search_flags_a_subset_and_flat_is_exact(monkeypatch, tmp_path, exact_below):
     """A flat faiss index finds what the blocked search finds; an inverted file may miss
     a face's nearest other centre, so it flags a subset, each with the true score."""
-    from facenms.core import cleaning
-    monkeypatch.setattr(cleaning, "FAISS_EXACT", exact_below)
+    from facenms.core import nearest
+    monkeypatch.setattr(nearest, "FAISS_EXACT", exact_below)
     x, labels, _ = planted(n_ident=300, seed=14)
     want, winfo = facenms.label_issues(x, labels, return_info=True)
     got, info = facenms.label_issues(x, labels, return_info=True, search="faiss")

@@ -33,16 +33,16 @@ The rule (``facenms.reference.label_issues`` states it in plain numpy):
 
 Cost. ``s_i`` can exceed the threshold only if ``(mu - a_i) + (1 - a_i) >
 threshold * sigma`` (as ``b_i <= 1``); only those candidates (a few percent)
-are compared with every centre, in blocks of faces against all centres
-(``torch.mm``), never a dense N x K matrix; float32 features are screened
-first in int8 (x86 CPUs) or bfloat16 (where native) with a proven error
-bound, and only the faces the screen cannot rule out are computed in float32
-(the result is the float32 one). That search costs candidates x
-K x d multiply-adds, which grows with the number of identities: at millions
-of identities it, not the read, dominates; ``search="faiss"`` asks a faiss
-index of the centres instead (approximate from FAISS_EXACT identities on: it
-can miss a flag, never add one). The rest is one read of the
-features: the ranking (the ``prepare`` kernel), the centres and ``a``.
+are compared with every centre (facenms.core.nearest), in blocks of faces
+against all centres, never a dense N x K matrix; large searches are screened
+in int8 (x86 CPUs) or bfloat16 (where native) with a proven error bound, and
+b is taken in float64 from the centres the screen leaves. That search costs
+candidates x K x d multiply-adds, which grows with the number of identities:
+at millions of identities it, not the read, dominates; ``search="faiss"``
+asks a faiss index of the centres instead (approximate from 100k identities
+on: it can miss a flag, never add one). The rest is one read of the
+features: the ranking, the trimmed centres and ``a`` (one fused kernel on the
+CPU).
 """
 import math
 import time
@@ -56,18 +56,15 @@ from . import ops, ranking
 from .csr import arange_within, group, segment_ids
 from .inputs import (as_tensor, check_count, check_device, check_features, number,
                      raise_bad_row, to_family)
-from .screen import screen, screen_kind
+from .nearest import nearest_other, nearest_other_faiss
 
 DEFAULT_THRESHOLD = 8.0
 DEFAULT_MIN_FACES = 3
 MAD_TO_SIGMA = 1.4826
 NO_CENTRE = 2.0 ** -32  # as facenms.reference: a centre shorter than n * this is no direction
-# elements per block (rows x d for the centres, rows x centres for the search): 8 MB of
-# float32 stays in a shared L3; 1 << 23 measured 9-13% slower on 200k faces x 512
+# elements per block (rows x d) for the centres: 8 MB of float32 stays in a shared L3;
+# 1 << 23 measured 9-13% slower on 200k faces x 512
 BLOCK_ELEMENTS = 1 << 21
-FAISS_EXACT = 100_000  # centres below which search="faiss" uses a flat (exact) index
-SCREEN_WORK = 1 << 28  # multiply-adds below which the screen costs more than it saves
-NEAR_NEED = 2.0 ** -16  # covers the rounding between b > need and s > threshold, with room
 
 
 @dataclass(frozen=True)
@@ -203,78 +200,6 @@ def candidates(a, judged, mu, sigma, threshold):
     return judged & (((mu - a) + (1 - a)) / sigma > threshold)
 
 
-def nearest_other(y, own, centres, need=None):
-    """(b, k): for unit rows y of identities `own` (indices into centres), the largest
-    cosine to another identity's centre and that identity, in blocks of rows against
-    all centres; (None, None) when there is no other identity.
-
-    need: per row, the b above which the row would be flagged. Then, for a large
-    float32 search (over SCREEN_WORK multiply-adds), rows are first screened in
-    the fastest number format the device has (facenms.core.screen: int8 on x86
-    CPUs, bfloat16 where native), with a proven error bound; a row the screen
-    rules out gets b = -inf, and only the others are computed in float32. The
-    flagged faces and their b, k are exactly the float32 ones. With `need`, k is
-    found only where b is above need - NEAR_NEED (0 elsewhere).
-    """
-    n, k_all = y.shape[0], centres.shape[0]
-    if k_all < 2:  # no other identity: b_i = a_i (the caller's rule)
-        return None, None
-    b = torch.full((n,), -math.inf, dtype=y.dtype, device=y.device)
-    k = torch.zeros(n, dtype=torch.int64, device=y.device)
-    step = max(1, BLOCK_ELEMENTS // k_all)
-    rows = torch.arange(n, device=y.device)
-    kind = screen_kind(y.device, y.shape[1])
-    if need is not None and y.dtype == torch.float32 and kind and \
-            n * k_all * y.shape[1] > SCREEN_WORK:
-        rows = rows[screen(y, own, centres, need - NEAR_NEED, step, kind)]
-    for lo in range(0, rows.shape[0], step):
-        r = rows[lo:lo + step]
-        sims = torch.mm(y.index_select(0, r), centres.T)
-        sims.scatter_(1, own.index_select(0, r)[:, None], -math.inf)
-        b[r] = top = sims.amax(dim=1)  # values alone: several times faster than max()
-        hit = None if need is None else torch.nonzero(top > need.index_select(0, r) - NEAR_NEED)
-        if hit is None or 4 * hit.shape[0] > r.shape[0]:  # most rows: no gather
-            k[r] = sims.argmax(dim=1)
-        else:
-            hit = hit.reshape(-1)
-            k[r.index_select(0, hit)] = sims.index_select(0, hit).argmax(dim=1)
-    return b, k
-
-
-def faiss_index(centres, probes=32):
-    """A faiss inner-product index of the centres: flat (exact) below FAISS_EXACT
-    centres, an inverted file above (4 sqrt(K) lists, `probes` of them searched)."""
-    import faiss
-    k_all, d = centres.shape
-    c = np.ascontiguousarray(centres.detach().cpu().float().numpy())
-    if k_all < FAISS_EXACT:
-        index = faiss.IndexFlatIP(d)
-    else:
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, int(4 * math.sqrt(k_all)),
-                                   faiss.METRIC_INNER_PRODUCT)
-        index.train(c)
-        index.nprobe = probes
-    index.add(c)
-    return index
-
-
-def nearest_other_faiss(y, own, centres, index=None):
-    """nearest_other through a faiss index of the centres (faiss_index). An
-    inverted-file index may miss a row's nearest other centre: b is then the cosine
-    to the one it found (computed exactly), never more than the true b, so faces
-    can only be missed, never flagged wrongly."""
-    if centres.shape[0] < 2 or y.shape[0] == 0:
-        return nearest_other(y, own, centres)
-    index = faiss_index(centres) if index is None else index
-    _, found = index.search(np.ascontiguousarray(y.detach().cpu().float().numpy()), 2)
-    found = torch.from_numpy(found).to(y.device)
-    k = torch.where(found[:, 0] == own, found[:, 1], found[:, 0])
-    lost = k < 0  # the probed lists held no other centre
-    k = torch.where(lost, own, k)
-    b = torch.einsum("ij,ij->i", y, centres.index_select(0, k).to(y.dtype))
-    return torch.where(lost, torch.full_like(b, -math.inf), b), k
-
-
 def issue_scores(a, b, mu, sigma):
     """s_i = ((mu - a_i) + (b_i - a_i)) / sigma (sigma 0: +inf for any positive excess)."""
     excess = (mu - a) + (b - a)
@@ -328,9 +253,9 @@ def flag_candidates(y, rows, a, own, centres, *, mu, sigma, threshold, search="e
         b, k = nearest_other(y, own, centres, need)
     if b is None:
         b, k = a, own
-    s = issue_scores(a, b, mu, sigma)
+    s = issue_scores(a.double(), b.double(), mu, sigma)  # b is float64: so is the test
     hit = s > threshold
-    rows, s, b, a, k = rows[hit], s[hit], b[hit], a[hit], k[hit]
+    rows, s, b, a, k = rows[hit], s[hit].to(a.dtype), b[hit].to(a.dtype), a[hit], k[hit]
     srt = torch.argsort(rows)
     return rows[srt], s[srt], b[srt], a[srt], k[srt]
 
@@ -358,5 +283,5 @@ def counted_ratio(ratio, n, dropped):
 
 
 __all__ = ["LabelIssuesInfo", "label_issues", "ranked_centres", "trimmed_centres",
-           "robust_scale", "candidates", "nearest_other", "issue_scores", "flag_candidates",
-           "make_info", "counted_ratio"]
+           "robust_scale", "candidates", "issue_scores", "flag_candidates", "make_info",
+           "counted_ratio"]

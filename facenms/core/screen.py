@@ -3,8 +3,9 @@
 label_issues needs, for each candidate row y, b = max over other identities'
 centres m of <y, m>, but only where b exceeds the row's `need`. A screen
 computes every <y, m> in a faster number format with a proven error bound
-err; a row whose screened maximum is at most need - err cannot be flagged and
-is not computed in float32. The flags are therefore the float32 ones.
+err; a row whose screened maximum is at most need - err cannot be flagged,
+and for the others only the centres within 2 err of the screened maximum can
+be the nearest one (facenms.core.nearest computes those exactly).
 
 - int8 on CPUs with AVX2 or more (``torch._int_mm``, int32 sums: 2x the
   float32 rate with AVX2, 4x with VNNI): each row is scaled to +-INT8_MAX
@@ -72,26 +73,36 @@ def screen_kind(device, d):
 
 
 def screen(y, own, centres, need, step, kind):
-    """Boolean per row of y: may its largest cosine to a centre other than its own
-    (`own`: indices into centres) exceed `need`? Rows of `step` at a time."""
+    """(rows, cols): each row of y whose largest cosine to a centre other than its
+    own (`own`: indices into centres) may exceed `need`, paired with every centre
+    within twice the screen's error of its screened largest (so with the true
+    nearest one). Rows of `step` at a time."""
     if kind == "int8":  # one scale for all centres: the row's maximum stays an integer
         qc, t, f = int8_rows(centres, common=True)
         qc, t, worst = qc.T, float(t), float(f.max())
     else:
         low = centres.to(torch.bfloat16).T
-    keep = []
+    rows, cols = [], []
     for lo in range(0, y.shape[0], step):
-        rows, mine = y[lo:lo + step], own[lo:lo + step, None]
+        block, mine = y[lo:lo + step], own[lo:lo + step, None]
         if kind == "int8":
-            q, s, e = int8_rows(rows)
+            q, s, e = int8_rows(block)
             sims = torch._int_mm(q, qc).scatter_(1, mine, torch.iinfo(torch.int32).min)
-            top = sims.amax(dim=1).double() * s.double() * t
-            err = e + (1 + e) * worst + INT8_SLACK
+            unit = s.double() * t  # the cosine of one integer step, per row
+            err = (e + (1 + e) * worst + INT8_SLACK).double()
         else:
-            sims = torch.mm(rows.to(torch.bfloat16), low).scatter_(1, mine, -math.inf)
-            top, err = sims.amax(dim=1).float(), BF16_ERROR
-        keep.append(top > need[lo:lo + step] - err)
-    return torch.cat(keep) if keep else torch.zeros(0, dtype=torch.bool, device=y.device)
+            sims = torch.mm(block.to(torch.bfloat16), low).scatter_(1, mine, -math.inf)
+            unit = torch.ones(block.shape[0], dtype=torch.float64, device=y.device)
+            err = torch.full_like(unit, BF16_ERROR)
+        top = sims.amax(dim=1).double() * unit
+        hit = torch.nonzero(top > need[lo:lo + step] - err).reshape(-1)
+        floor = (top[hit] - 2 * err[hit]) / unit[hit]
+        i, c = torch.nonzero(sims.index_select(0, hit) >= floor[:, None], as_tuple=True)
+        rows.append(lo + hit[i])
+        cols.append(c)
+    if not rows:
+        return (torch.zeros(0, dtype=torch.int64, device=y.device),) * 2
+    return torch.cat(rows), torch.cat(cols)
 
 
 __all__ = ["BF16_ERROR", "int8_rows", "screen_kind", "screen"]

@@ -16,8 +16,9 @@ import time
 
 import torch
 
-from ..core.cleaning import (candidates, check_options, compute_dtype, faiss_index,
-                             flag_candidates, make_info, ranked_centres, robust_scale, unit)
+from ..core.cleaning import (candidates, check_options, compute_dtype, flag_candidates,
+                             make_info, ranked_centres, robust_scale, unit)
+from ..core.nearest import faiss_index
 from ..core.csr import group, segment_ids
 from ..core.inputs import bad_row_message, to_family
 from .blocks import block_rows, blocks, first_bad_in_block, source
