@@ -46,9 +46,9 @@ def int8_rows(v, common=False, block_elements=1 << 21):
     about block_elements values at a time: the float temporaries stay small
     next to the int8 result (a million centres are not copied in float32)."""
     step = max(1, block_elements // max(1, v.shape[1]))
-    # abs().amax a block at a time: 10x faster than vector_norm(ord=inf)
-    amax = torch.cat([v[lo:lo + step].abs().amax(dim=1) for lo in range(0, v.shape[0], step)]
-                     ) if v.shape[0] and v.shape[1] else v.new_zeros(v.shape[0])
+    amax = v.new_zeros(v.shape[0])
+    for lo in range(0, v.shape[0], step):  # abs().amax: 10x faster than vector_norm(ord=inf)
+        amax[lo:lo + step] = v[lo:lo + step].abs().amax(dim=1)
     if common:
         amax = amax.max() if amax.numel() else amax.new_zeros(())
     scale = amax / INT8_MAX
