@@ -33,18 +33,11 @@ bool rank_rows(const U* src, int64_t ld, const int64_t* src_rows, const int64_t*
     s.norms.resize(n), s.scores.resize(n), s.perm.resize(n), s.src_rows.resize(n);
   s.centre.resize(d);
   if (!score_identity(src, ld, src_rows, n, d, s.centre.data(), s.norms.data(), s.scores.data())) {
-    for (int64_t i = 0; i < n; ++i)
-      if (!(s.norms[i] > 0) || !std::isfinite(s.norms[i])) s.bad = std::min(s.bad, index[i]);
+    s.bad = std::min(s.bad, first_bad_row(s.norms.data(), index, n));
     return false;
   }
-  const double* sc = s.scores.data();
-  const double sign = centrality ? -1.0 : 1.0;
   int64_t* p = s.perm.data();
-  std::iota(p, p + n, int64_t(0));
-  std::sort(p, p + n, [&](int64_t u, int64_t v) {
-    const double su = sign * sc[u], sv = sign * sc[v];
-    return su > sv || (su == sv && index[u] < index[v]);
-  });
+  rank_positions(s.scores.data(), index, n, centrality, p);
   for (int64_t i = 0; i < n; ++i) ranked[i] = index[p[i]], s.src_rows[i] = src_rows[p[i]];
   load_rows(src, ld, s.src_rows.data(), n, d, y);
   return true;

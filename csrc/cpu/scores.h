@@ -1,9 +1,13 @@
-// Sparsity scores of one identity in float64, shared by facenms::prepare and
-// facenms::rank_nms so that both rank every identity bit for bit alike.
+// Sparsity scores of one identity in float64 and the rank order they give,
+// shared by facenms::prepare, rank_nms and trimmed_centres so that all rank
+// every identity bit for bit alike.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
+#include <numeric>
 
 #include "cpu/cpu_common.h"
 #include "nms_common.h"
@@ -90,6 +94,26 @@ bool score_identity(const T* base, int64_t ld, const int64_t* rows, int64_t n, i
   }
   for (int64_t i = 0; i < n; ++i) scores[i] = 1.0;
   return false;
+}
+
+// Positions 0..n) of one identity in rank order into perm[]: descending
+// score (ascending with centrality), ties by the smaller row index index[i].
+inline void rank_positions(const double* scores, const int64_t* index, int64_t n,
+                           bool centrality, int64_t* perm) {
+  const double sign = centrality ? -1.0 : 1.0;
+  std::iota(perm, perm + n, int64_t(0));
+  std::sort(perm, perm + n, [&](int64_t u, int64_t v) {
+    const double su = sign * scores[u], sv = sign * scores[v];
+    return su > sv || (su == sv && index[u] < index[v]);
+  });
+}
+
+// The smallest index[i] whose norm is zero or not finite (INT64_MAX if none).
+inline int64_t first_bad_row(const double* norms, const int64_t* index, int64_t n) {
+  int64_t first = std::numeric_limits<int64_t>::max();
+  for (int64_t i = 0; i < n; ++i)
+    if (!(norms[i] > 0) || !std::isfinite(norms[i])) first = std::min(first, index[i]);
+  return first;
 }
 
 }  // namespace

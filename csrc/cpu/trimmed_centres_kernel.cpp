@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <atomic>
 #include <limits>
-#include <numeric>
 #include <vector>
 
 #include "cpu/scores.h"
@@ -64,22 +63,15 @@ void centre_identity(const T* base, int64_t ld, int64_t d, const int64_t* rows, 
     s.norms.resize(n), s.scores.resize(n), s.inv.resize(n), s.perm.resize(n);
   s.centre.resize(d);
   if (!score_identity(base, ld, rows, n, d, s.centre.data(), s.norms.data(), s.scores.data())) {
-    int64_t first = std::numeric_limits<int64_t>::max();
-    for (int64_t i = 0; i < n; ++i)
-      if (!(s.norms[i] > 0) || !std::isfinite(s.norms[i])) first = std::min(first, rows[i]);
+    const int64_t first = first_bad_row(s.norms.data(), rows, n);
     int64_t seen = bad.load();
     while (first < seen && !bad.compare_exchange_weak(seen, first)) {}
     std::fill(centre, centre + d, O(0));
     std::fill(a, a + n, O(0));
     return;
   }
-  // centrality order: ascending score, ties by the smaller row index
   int64_t* p = s.perm.data();
-  std::iota(p, p + n, int64_t(0));
-  const double* sc = s.scores.data();
-  std::sort(p, p + n, [&](int64_t u, int64_t v) {
-    return sc[u] < sc[v] || (sc[u] == sc[v] && rows[u] < rows[v]);
-  });
+  rank_positions(s.scores.data(), rows, n, /*centrality=*/true, p);
   for (int64_t i = 0; i < n; ++i) ranked[i] = rows[p[i]], s.inv[i] = 1.0 / s.norms[p[i]];
   const int64_t take = n >= min_faces ? (n + 1) / 2 : n;
   trim_identity(base, ld, ranked, n, take, d, s.inv.data(), s.centre.data(), centre, a);
