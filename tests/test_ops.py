@@ -10,6 +10,18 @@ from facenms.core import ops
 from facenms.eval.embeddings import webface_like
 
 
+def _grouped_with_ties(dtype, seed):
+    """3000 WebFace-like rows of d=40 in dtype, row 7 an exact copy of row 5 (same
+    identity): (x, order, offsets, sizes) grouped by identity."""
+    from facenms.core.csr import group
+    x, labels = webface_like(3000, dim=40, seed=seed)
+    x = torch.from_numpy(x).to(dtype)
+    x[7] = x[5]  # exact ties: the smaller index first
+    labels[7] = labels[5]
+    _, order, offsets, sizes = group(labels, len(labels), x.device)
+    return x, order, offsets, sizes
+
+
 def _sorted_input(n=400, d=16, seed=0):
     x, labels = webface_like(n, dim=d, seed=seed)
     sizes = np.bincount(labels)
@@ -55,13 +67,8 @@ def test_per_identity_thresholds_and_counts():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("rank", ["sparsity", "centrality"])
 def test_rank_nms_equals_prepare_sort_then_nms(dtype, rank):
-    from facenms.core.csr import group as _group
     from facenms.core.ranking import rank as _rank
-    x, labels = webface_like(3000, dim=40, seed=5)
-    x = torch.from_numpy(x).to(dtype)
-    x[7] = x[5]  # exact ties: the smaller index first
-    labels[7] = labels[5]
-    _, order, offsets, sizes = _group(labels, len(labels), x.device)
+    x, order, offsets, sizes = _grouped_with_ties(dtype, seed=5)
     ts = torch.linspace(0.3, 0.95, 64, dtype=torch.float64)
     ranked, bits, counts, bad = ops.rank_nms(x, order, offsets, ts, 2, rank == "centrality")
     want = _rank(x, order, offsets, sizes, method=rank)
@@ -85,13 +92,8 @@ def test_rank_nms_reports_the_smallest_bad_row():
 def test_trimmed_centres_equals_rank_then_torch_centres(dtype, min_faces):
     """The fused first pass of label_issues against ranking.rank + the torch centres."""
     from facenms.core.cleaning import trimmed_centres
-    from facenms.core.csr import group as _group
     from facenms.core.ranking import rank as _rank
-    x, labels = webface_like(3000, dim=40, seed=6)
-    x = torch.from_numpy(x).to(dtype)
-    x[7] = x[5]  # exact ties: the smaller index first
-    labels[7] = labels[5]
-    _, order, offsets, sizes = _group(labels, len(labels), x.device)
+    x, order, offsets, sizes = _grouped_with_ties(dtype, seed=6)
     ranked, centres, a, bad = ops.trimmed_centres(x, order, offsets, min_faces)
     want, norms = _rank(x, order, offsets, sizes, method="centrality", with_norms=True)
     assert torch.equal(ranked, want) and int(bad) == -1
