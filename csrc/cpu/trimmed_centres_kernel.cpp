@@ -7,9 +7,11 @@
 #include <algorithm>
 #include <atomic>
 #include <limits>
+#include <numeric>
 #include <vector>
 
 #include "cpu/scores.h"
+#include "cpu/walk.h"  // load_rows
 
 namespace facenms {
 namespace {
@@ -44,26 +46,24 @@ FACENMS_INLINE void trim_identity_impl(const T* base, int64_t ld, const int64_t*
                        (base, ld, rows, n, take, d, inv, sum, centre, a))
 FACENMS_TRIM_IDENTITY(float, float)
 FACENMS_TRIM_IDENTITY(double, double)
-FACENMS_TRIM_IDENTITY(c10::Half, float)
-FACENMS_TRIM_IDENTITY(c10::BFloat16, float)
 #undef FACENMS_TRIM_IDENTITY
 
 struct TrimScratch {
   std::vector<double> centre, norms, scores, inv;
-  std::vector<int64_t> perm;
+  std::vector<int64_t> perm, src_rows, pos;
+  std::vector<float> raw;  // 16-bit rows as float32
 };
 
-// One identity: rows `rows[0..n)` of x. Returns false (nothing written but
-// zeros) if a row is zero or not finite, noting the smallest in `bad`.
-template <typename T, typename O>
-void centre_identity(const T* base, int64_t ld, int64_t d, const int64_t* rows, int64_t n,
-                     int64_t min_faces, TrimScratch& s, int64_t* ranked, O* centre, O* a,
-                     std::atomic<int64_t>& bad) {
-  if ((int64_t)s.norms.size() < n)
-    s.norms.resize(n), s.scores.resize(n), s.inv.resize(n), s.perm.resize(n);
-  s.centre.resize(d);
-  if (!score_identity(base, ld, rows, n, d, s.centre.data(), s.norms.data(), s.scores.data())) {
-    const int64_t first = first_bad_row(s.norms.data(), rows, n);
+// One identity: rows src_rows[0..n) of src, whose row indices in x are
+// index[0..n). Writes zeros and notes the smallest bad index in `bad` if a row
+// is zero or not finite.
+template <typename U, typename O>
+void centre_rows(const U* src, int64_t ld, const int64_t* src_rows, const int64_t* index,
+                 int64_t n, int64_t d, int64_t min_faces, TrimScratch& s, int64_t* ranked,
+                 O* centre, O* a, std::atomic<int64_t>& bad) {
+  if (!score_identity(src, ld, src_rows, n, d, s.centre.data(), s.norms.data(),
+                      s.scores.data())) {
+    const int64_t first = first_bad_row(s.norms.data(), index, n);
     int64_t seen = bad.load();
     while (first < seen && !bad.compare_exchange_weak(seen, first)) {}
     std::fill(centre, centre + d, O(0));
@@ -71,10 +71,34 @@ void centre_identity(const T* base, int64_t ld, int64_t d, const int64_t* rows, 
     return;
   }
   int64_t* p = s.perm.data();
-  rank_positions(s.scores.data(), rows, n, /*centrality=*/true, p);
-  for (int64_t i = 0; i < n; ++i) ranked[i] = rows[p[i]], s.inv[i] = 1.0 / s.norms[p[i]];
+  rank_positions(s.scores.data(), index, n, /*centrality=*/true, p);
+  for (int64_t i = 0; i < n; ++i)
+    ranked[i] = index[p[i]], s.src_rows[i] = src_rows[p[i]], s.inv[i] = 1.0 / s.norms[p[i]];
   const int64_t take = n >= min_faces ? (n + 1) / 2 : n;
-  trim_identity(base, ld, ranked, n, take, d, s.inv.data(), s.centre.data(), centre, a);
+  trim_identity(src, ld, s.src_rows.data(), n, take, d, s.inv.data(), s.centre.data(), centre,
+                a);
+}
+
+// One identity, rows `rows[0..n)` of x. 16-bit rows are converted to float32
+// once (exactly, as rank_nms does); the five passes then read that copy.
+template <typename T, typename O>
+void centre_identity(const T* base, int64_t ld, int64_t d, const int64_t* rows, int64_t n,
+                     int64_t min_faces, TrimScratch& s, int64_t* ranked, O* centre, O* a,
+                     std::atomic<int64_t>& bad) {
+  if ((int64_t)s.norms.size() < n) {
+    s.norms.resize(n), s.scores.resize(n), s.inv.resize(n), s.perm.resize(n);
+    s.src_rows.resize(n), s.pos.resize(n);
+    std::iota(s.pos.begin(), s.pos.end(), int64_t(0));
+  }
+  s.centre.resize(d);
+  if constexpr (sizeof(T) == 2) {
+    if ((int64_t)s.raw.size() < n * d) s.raw.resize(n * d);
+    load_rows(base, ld, rows, n, d, s.raw.data(), /*unit=*/false);
+    centre_rows(s.raw.data(), d, s.pos.data(), rows, n, d, min_faces, s, ranked, centre, a,
+                bad);
+  } else {
+    centre_rows(base, ld, rows, rows, n, d, min_faces, s, ranked, centre, a, bad);
+  }
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> trimmed_centres_cpu(const Tensor& x,
