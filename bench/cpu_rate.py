@@ -11,8 +11,7 @@ Only the dot products the greedy walk needs count: each face against the
 faces kept before it in its identity (newest first, as the walk goes), up to
 its first suppression; fewer near-duplicates (--duplicates, the share of faces
 that copy an earlier face of their identity) mean longer walks. Prints medians
-over the rounds (min-max in brackets)
-and the ratio walk / GEMM. Imports the facenms on the path (PYTHONPATH or the
+over the rounds (min-max in brackets) and the ratio walk / GEMM. Imports the facenms on the path (PYTHONPATH or the
 installed package) and prints which one.
 """
 import argparse
