@@ -95,6 +95,17 @@ STABLE_TORCH_LIBRARY(facenms, m) {
   // none; its identity gets zeros). CPU only.
   m.def("trimmed_centres(Tensor x, Tensor order, Tensor offsets, int min_faces)"
         " -> (Tensor, Tensor, Tensor, Tensor)");
+  // The end of label_issues' search for each candidate's nearest other
+  // centre, over a block of screened products sims (n, K): int32 sums of
+  // int8 rows, or float products of the rows' type. bounds (n, 3) float64
+  // holds per row unit, err and need: sims times unit is within err of the
+  // exact cosine. A row whose largest product with a centre other than own[i]
+  // cannot exceed need gets b = -inf and k = 0; the others get the float64
+  // cosine b of y[i] to the nearest centre other than own[i] and its index k
+  // (ties: the smaller), taken over the centres within 2 err of that largest.
+  // CPU only.
+  m.def("nearest_centres(Tensor sims, Tensor bounds, Tensor own, Tensor y, Tensor centres)"
+        " -> (Tensor, Tensor)");
   // The CUDA schedule and tile table, computed on the host with the code the
   // CUDA library runs (cuda/nms_plan_kernel.cpp; for tests): sched (C,) and tiles
   // (n_tiles, 4) = identity, kb, mb, mask offset. Not part of the API.

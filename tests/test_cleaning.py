@@ -271,8 +271,9 @@ def test_screens_change_nothing(monkeypatch, kind, shift):
     hit = b > need
     assert 0 < int(hit.sum()) < 500
     assert torch.equal(b2[hit], b[hit]) and torch.equal(k2[hit], k[hit])
-    assert bool((b2[~hit] <= b[~hit] + 1e-5).all())  # ruled out: -inf, or the float32 top
-    assert bool(torch.isinf(b2).any()) == (kind is not None)  # the screen ruled rows out
+    out = torch.isinf(b2)  # ruled out by the screened maximum
+    assert bool(out.any()) and not bool(out[hit].any())
+    assert torch.equal(b2[~out], b[~out]) and torch.equal(k2[~out], k[~out])
 
 
 @pytest.mark.parametrize("kind", ["int8", "bf16"])
@@ -282,15 +283,16 @@ def test_screened_label_issues_equal_unscreened(monkeypatch, tmp_path, kind):
     from facenms.core import nearest
     x, labels, _ = planted(n_ident=80, d=32, wrong=0.03, outliers=0.02, seed=3, spread=1.0)
     want, winfo = facenms.label_issues(x, labels, threshold=4.0, return_info=True)
-    kept, screen = [], nearest.screen
+    kept, search = [], nearest.nearest_in_block
 
-    def recorded(y, *args):
-        rows, cols = screen(y, *args)
-        kept.append((int(torch.unique(rows).numel()), y.shape[0]))
-        return rows, cols
+    def recorded(sims, *args):
+        b, k = search(sims, *args)
+        kept.append((int(torch.isfinite(b).sum()), b.shape[0]))
+        assert sims.dtype == (torch.int32 if kind == "int8" else torch.bfloat16)
+        return b, k
     monkeypatch.setattr(nearest, "SCREEN_WORK", 0)
     monkeypatch.setattr(nearest, "screen_kind", lambda device, d: kind)
-    monkeypatch.setattr(nearest, "screen", recorded)
+    monkeypatch.setattr(nearest, "nearest_in_block", recorded)
     np.save(tmp_path / "f.npy", x)
     for feats, kw in ((x, {}), (str(tmp_path / "f.npy"), dict(block_size=200))):
         got, info = facenms.label_issues(feats, labels, threshold=4.0, return_info=True, **kw)

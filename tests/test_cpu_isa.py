@@ -22,7 +22,7 @@ DTYPES = ("fp32", "fp16", "bf16", "fp64")
 CHILD = r"""
 import json, sys
 import numpy as np, torch, facenms
-from facenms.core import ops
+from facenms.core import nearest, ops
 from facenms.core.extension import build_info
 from facenms.eval.embeddings import webface_like
 from facenms.reference import check_valid
@@ -48,6 +48,13 @@ for dim in (100, 512):
         ranked, centres, a, _ = ops.trimmed_centres(xt, order, off, 3)
         out["%%d %%s centres" %% (dim, name)] = [ranked.tolist(), centres.double().tolist(),
                                                a.double().tolist()]
+        # label_issues, its search screened (fp32 rows) or not
+        for work in (0, 1 << 40):
+            nearest.SCREEN_WORK = work
+            issues, info = facenms.label_issues(xi, labels, threshold=3.0, return_info=True)
+            out["%%d %%s issues %%d" %% (dim, name, work)] = [
+                np.asarray(issues).tolist(), info.other_label.tolist(),
+                info.other_similarity.tolist()]
 json.dump(out, sys.stdout)
 """
 
@@ -125,6 +132,21 @@ def test_clones_agree_on_the_trimmed_centres(results):
                 assert r0 == r1, (isa, key)
                 np.testing.assert_allclose(c1, c0, atol=1e-6, err_msg=key)
                 np.testing.assert_allclose(a1, a0, atol=1e-6, err_msg=key)
+
+
+def test_clones_agree_on_the_label_issues(results):
+    """Screened or not, every clone flags the same faces with the same nearest other
+    identity (float64 inside, so no flag lies within rounding of the threshold here)."""
+    best = results[SUPPORTED[0]]
+    for isa in SUPPORTED:
+        for dim in (100, 512):
+            for name in DTYPES:
+                want = best["%d %s issues %d" % (dim, name, 0)]
+                assert len(want[0]) > 5
+                for work in (0, 1 << 40):
+                    got = results[isa]["%d %s issues %d" % (dim, name, work)]
+                    assert got[:2] == want[:2], (isa, dim, name, work)
+                    np.testing.assert_allclose(got[2], want[2], rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("isa", SUPPORTED)

@@ -138,6 +138,65 @@ def test_trimmed_centres_reports_the_smallest_bad_row():
     assert int(bad) == 3 and not centres[0].any() and bool(centres[1].any())
 
 
+def _block(kind, n=300, k=50, d=24, seed=0):
+    """A block of products as facenms.core.screen.block_products makes them, with
+    duplicated and zero centres (exact ties, no direction) and some need."""
+    from facenms.core.screen import block_products
+    g = torch.Generator().manual_seed(seed)
+    dtype = torch.float64 if kind == "fp64" else torch.float32
+    y = torch.nn.functional.normalize(torch.randn(n, d, generator=g, dtype=dtype), dim=1)
+    centres = torch.nn.functional.normalize(torch.randn(k, d, generator=g, dtype=dtype), dim=1)
+    centres[7] = centres[3]  # an exact tie: the smaller index wins
+    centres[9] = 0
+    y[:25] = centres[3]  # rows whose nearest centre is the tie
+    own = torch.randint(0, k, (n,), generator=g)
+    own[:20], own[20:25] = 12, 3  # ... or its twin, when the row's own is the first
+    need = torch.rand(n, generator=g, dtype=torch.float64) * 0.8
+    need[::7] = -float("inf")
+    screen = kind if kind in ("int8", "bf16") else None
+    (_, sims, unit, err), = block_products(y, centres, screen, 1 << 30)
+    return sims, torch.stack([unit, err, need], dim=1), own, y, centres
+
+
+@pytest.mark.parametrize("kind", ["int8", "bf16", "fp32", "fp64"])
+def test_nearest_centres_equals_torch_version(kind):
+    """The fused op against the torch version CUDA runs (facenms.core.nearest) and
+    float64 brute force: same rows ruled out, same k, b to float64 rounding."""
+    from facenms.core import nearest
+    sims, bounds, own, y, centres = _block(kind)
+    need = bounds[:, 2]
+    b, k = ops.nearest_centres(sims.float() if kind == "bf16" else sims, bounds, own, y, centres)
+    b2, k2 = nearest.nearest_in_block_torch(sims.clone(), bounds, own, y, centres)
+    assert torch.equal(torch.isinf(b), torch.isinf(b2)) and torch.equal(k, k2)
+    torch.testing.assert_close(b, b2, rtol=0, atol=1e-15)
+    exact = y.double() @ centres.double().T
+    exact[torch.arange(len(own)), own] = -float("inf")
+    live = torch.isfinite(b)
+    assert torch.equal(k[live], exact.argmax(dim=1)[live])  # argmax: the first maximum
+    torch.testing.assert_close(b[live], exact.amax(dim=1)[live], rtol=0, atol=1e-15)
+    assert bool((exact.amax(dim=1)[~live] <= need[~live]).all())  # ruled out rightly
+    assert bool(live[:25].all()) and k[:25].tolist() == [3] * 20 + [7] * 5
+
+
+def test_nearest_centres_edge_cases_and_errors():
+    y = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    free = torch.tensor([[1.0, 1e-6, -float("inf")]] * 2, dtype=torch.float64)
+    b, k = ops.nearest_centres(y @ y[:1].T, free, torch.tensor([0, 0]), y, y[:1])  # no other
+    assert bool(torch.isinf(b).all()) and k.tolist() == [0, 0]
+    b, k = ops.nearest_centres(torch.zeros(0, 3), free[:0], torch.zeros(0, dtype=torch.int64),
+                               torch.zeros(0, 2), torch.zeros(3, 2))
+    assert b.shape == (0,) and k.shape == (0,)
+    args = (y @ y.T, free, torch.tensor([0, 1]), y, y)
+    with pytest.raises(RuntimeError, match=r"own\[1\] = 5 is not one of 2 centres"):
+        ops.nearest_centres(*args[:2], torch.tensor([0, 5]), *args[3:])
+    with pytest.raises(RuntimeError, match="do not match"):
+        ops.nearest_centres(*args[:4], torch.zeros(2, 3))
+    with pytest.raises(RuntimeError, match="int32 sims"):
+        ops.nearest_centres(args[0].double(), *args[1:])
+    with pytest.raises(RuntimeError, match="bounds as a contiguous"):
+        ops.nearest_centres(args[0], free[:1], *args[2:])
+
+
 def test_min_keep_fills_best_ranked_first():
     x = torch.tensor([[1.0, 0.0]] * 5)
     bits, counts = ops.nms(x, torch.arange(5), torch.tensor([0, 5]),
@@ -176,6 +235,8 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.facenms.prepare.default, (x, order, offsets))
     torch.library.opcheck(torch.ops.facenms.rank_nms.default, (x, order, offsets, thr, 1, False))
     torch.library.opcheck(torch.ops.facenms.trimmed_centres.default, (x, order, offsets, 3))
+    torch.library.opcheck(torch.ops.facenms.nearest_centres.default, _block("int8"))
+    torch.library.opcheck(torch.ops.facenms.nearest_centres.default, _block("fp32"))
 
 
 def test_torch_compile_traces_select():

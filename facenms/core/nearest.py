@@ -1,11 +1,12 @@
 """The nearest other identity of each candidate face of label_issues:
 b_i = max over k != own_i of cos(y_i, m_k), and that k.
 
-The exact search takes blocks of rows against all centres. A large float32
-search is screened first (facenms.core.screen: int8 or bfloat16 with a proven
-error bound), a small one computed in float32. Either way, each row that can
-be flagged then gets b and k in float64 from the few centres within that
-error of its maximum, which must hold the true nearest one. So a screened and
+The exact search takes blocks of rows against all centres. A float32 search
+is screened (facenms.core.screen: int8 or bfloat16 with a proven error bound)
+where that pays, otherwise computed in the rows' float type. Either way, each
+row that can be flagged then gets b and k in float64 from the few centres
+within that error of its maximum, which must hold the true nearest one (one
+fused op per block on the CPU: facenms::nearest_centres). So a screened and
 an unscreened search give the same b and k bit for bit, and ties go to the
 smaller identity index. search="faiss" asks a faiss index of the centres
 instead (approximate from FAISS_EXACT identities on).
@@ -15,22 +16,17 @@ import math
 import numpy as np
 import torch
 
-from .screen import screen, screen_kind
+from . import ops
+from .screen import block_products, screen_kind
 
 # elements per block (rows x centres for the search, pairs x d for the exact
 # products): 8 MB of float32 stays in a shared L3
 BLOCK_ELEMENTS = 1 << 21
 FAISS_EXACT = 100_000  # centres below which search="faiss" uses a flat (exact) index
-SCREEN_WORK = 1 << 28  # multiply-adds below which the screen costs more than it saves
+SCREEN_WORK = 1 << 20  # multiply-adds below which the screen costs more than it saves
 # float64 rounding of the exact products and of `need` (computed in float32 from a, mu,
 # sigma) next to the score test s > threshold, with room
 NEAR_NEED = 2.0 ** -16
-
-
-def product_error(dtype, d):
-    """|computed - exact| of a dot product of unit vectors of length d in dtype: at
-    most d unit roundings (each product, each add), with room."""
-    return 1.01 * d * torch.finfo(dtype).eps / 2 + NEAR_NEED
 
 
 def nearest_other(y, own, centres, need=None):
@@ -39,46 +35,53 @@ def nearest_other(y, own, centres, need=None):
     None) when there is no other identity.
 
     need: per row, the b above which the row would be flagged. Rows that cannot
-    pass it keep a lower b (-inf if the screen ruled them out) and k = 0; only
-    the others get exact b and k. Without need, every row does.
+    pass it get b = -inf and k = 0; only the others get exact b and k. Without
+    need, every row does.
     """
     n, k_all = y.shape[0], centres.shape[0]
     if k_all < 2:  # no other identity: b_i = a_i (the caller's rule)
         return None, None
-    b = torch.full((n,), -math.inf, dtype=torch.float64, device=y.device)
-    k = torch.zeros(n, dtype=torch.int64, device=y.device)
     kind = screen_kind(y.device, y.shape[1])
-    if need is not None:
-        need = need - NEAR_NEED
-    if need is not None and y.dtype == torch.float32 and kind and \
-            n * k_all * y.shape[1] > SCREEN_WORK:
-        rows, cols = screen(y, own, centres, need, max(1, BLOCK_ELEMENTS // k_all), kind)
-    else:
-        rows, cols = float_pairs(y, own, centres, need, b)
-    exact_nearest(y, centres, rows, cols, b, k)
+    if need is None or y.dtype != torch.float32 or n * k_all * y.shape[1] <= SCREEN_WORK:
+        kind = None  # float64 rows, or a search too small to pay for a screen
+    if need is None:
+        need = torch.full((n,), -math.inf, dtype=torch.float64, device=y.device)
+    need = need.double() - NEAR_NEED
+    b = torch.empty(n, dtype=torch.float64, device=y.device)
+    k = torch.empty(n, dtype=torch.int64, device=y.device)
+    y, centres = y.contiguous(), centres.contiguous()
+    for lo, sims, unit, err in block_products(y, centres, kind, BLOCK_ELEMENTS):
+        hi = lo + sims.shape[0]
+        bounds = torch.stack([unit, err, need[lo:hi]], dim=1)
+        b[lo:hi], k[lo:hi] = nearest_in_block(sims, bounds, own[lo:hi], y[lo:hi], centres)
     return b, k
 
 
-def float_pairs(y, own, centres, need, b):
-    """(rows, cols): for each row of y that can pass `need`, the centres within
-    twice the float product's error of its largest; b gets every row's largest."""
-    err = 2 * product_error(y.dtype, y.shape[1])
-    step = max(1, BLOCK_ELEMENTS // centres.shape[0])
-    rows, cols = [], []
-    for lo in range(0, y.shape[0], step):
-        sims = torch.mm(y[lo:lo + step], centres.T)
-        sims.scatter_(1, own[lo:lo + step, None], -math.inf)
-        top = sims.amax(dim=1)  # values alone: several times faster than max()
-        b[lo:lo + step] = top
-        floor = top - err
-        if need is not None:  # the exact b may exceed need only if top > need - err
-            floor = torch.where(top > need[lo:lo + step] - err, floor, math.inf)
-        i, c = torch.nonzero(sims >= floor[:, None], as_tuple=True)
-        rows.append(lo + i)
-        cols.append(c)
-    if not rows:
-        return (torch.zeros(0, dtype=torch.int64, device=y.device),) * 2
-    return torch.cat(rows), torch.cat(cols)
+def nearest_in_block(sims, bounds, own, y, centres):
+    """(b, k) of rows y from their block of products (block_products) and bounds
+    (n, 3): per row the cosine of one unit of sims, its error bound err and
+    need. -inf and 0 where the screened maximum rules a row out, else the float64
+    maximum over the centres within 2 err of it (ties: the smaller index). The
+    fused op on the CPU, torch elsewhere."""
+    if y.device.type == "cpu":
+        return ops.nearest_centres(sims.float() if sims.dtype == torch.bfloat16 else sims,
+                                   bounds, own, y, centres)
+    return nearest_in_block_torch(sims, bounds, own, y, centres)
+
+
+def nearest_in_block_torch(sims, bounds, own, y, centres):
+    """nearest_in_block in torch ops (any device; sims is overwritten)."""
+    unit, err, need = bounds.unbind(dim=1)
+    low = torch.iinfo(sims.dtype).min if sims.dtype == torch.int32 else -math.inf
+    sims = sims.scatter_(1, own[:, None], low)
+    top = sims.amax(dim=1).double() * unit  # values alone: several times faster than max()
+    b = torch.full_like(top, -math.inf)
+    k = torch.zeros_like(own)
+    hit = torch.nonzero(top > need - err).reshape(-1)
+    floor = (top[hit] - 2 * err[hit]) / unit[hit]
+    i, c = torch.nonzero(sims.index_select(0, hit).double() >= floor[:, None], as_tuple=True)
+    exact_nearest(y, centres, hit[i], c, b, k)
+    return b, k
 
 
 def exact_nearest(y, centres, rows, cols, b, k):
@@ -131,4 +134,4 @@ def nearest_other_faiss(y, own, centres, index=None):
     return torch.where(lost, torch.full_like(b, -math.inf), b), k
 
 
-__all__ = ["nearest_other", "nearest_other_faiss", "faiss_index", "product_error"]
+__all__ = ["nearest_other", "nearest_in_block", "nearest_in_block_torch", "nearest_other_faiss", "faiss_index"]

@@ -77,6 +77,18 @@ def trimmed_centres(x: torch.Tensor, order: torch.Tensor, offsets: torch.Tensor,
     return torch.ops.facenms.trimmed_centres(x, order, offsets, int(min_faces))
 
 
+def nearest_centres(sims: torch.Tensor, bounds: torch.Tensor, own: torch.Tensor,
+                    y: torch.Tensor, centres: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Each row's nearest centre other than ``own`` from a block of screened
+    products ``sims`` (n, K): int32 for int8 rows, else the rows' float type.
+    ``bounds`` (n, 3) float64: per row unit, err, need; ``sims * unit`` is within
+    ``err`` of the cosine. Rows whose screened largest cannot exceed ``need`` get
+    b = -inf, k = 0; the others the float64 cosine and index (ties: the smaller)
+    over the centres within 2 err of it. CPU only."""
+    load()
+    return torch.ops.facenms.nearest_centres(sims, bounds, own, y, centres)
+
+
 def _register_fakes():
     """Output shapes without running anything (called once _C has defined the ops)."""
     def check_csr(x, order, offsets):  # what the kernels' TORCH_CHECKs ask of every op
@@ -126,3 +138,9 @@ def _register_fakes():
         return (torch.empty_like(order), x.new_empty((offsets.shape[0] - 1, x.shape[1]),
                                                      dtype=dtype),
                 x.new_empty(order.shape, dtype=dtype), order.new_empty(()))
+
+    @torch.library.register_fake("facenms::nearest_centres")
+    def _nearest_centres_fake(sims, bounds, own, y, centres):
+        torch._check(sims.dim() == 2 and y.shape[0] == sims.shape[0],
+                     lambda: "nearest_centres: sims and y must have one row per candidate")
+        return bounds.new_empty(own.shape), own.new_empty(own.shape)

@@ -3,9 +3,10 @@
 label_issues needs, for each candidate row y, b = max over other identities'
 centres m of <y, m>, but only where b exceeds the row's `need`. A screen
 computes every <y, m> in a faster number format with a proven error bound
-err; a row whose screened maximum is at most need - err cannot be flagged,
-and for the others only the centres within 2 err of the screened maximum can
-be the nearest one (facenms.core.nearest computes those exactly).
+err (block_products); a row whose screened maximum is at most need - err
+cannot be flagged, and for the others only the centres within 2 err of the
+screened maximum can be the nearest one (facenms.core.nearest takes those
+exactly).
 
 - int8 on CPUs with AVX2 or more (``torch._int_mm``, int32 sums: 2x the
   float32 rate with AVX2, 4x with VNNI): each row is scaled to +-INT8_MAX
@@ -20,10 +21,9 @@ be the nearest one (facenms.core.nearest computes those exactly).
   with AMX or AVX512_BF16): within BF16_ERROR of float32 for unit rows.
 
 Elsewhere there is no screen: emulated bfloat16 is ten times slower than
-float32 itself.
+float32 itself. The products are then taken in the rows' own float type, with
+the bound product_error.
 """
-import math
-
 import torch
 
 from .hardware import fast_int8, native_bf16
@@ -34,6 +34,8 @@ from .hardware import fast_int8, native_bf16
 BF16_ERROR = 2.0 ** -6
 # float32 rounding in the int8 residuals and the rescaled product, with room
 INT8_SLACK = 2.0 ** -16
+# float64 rounding where a float product's bound is applied, with room
+FLOAT_SLACK = 2.0 ** -16
 # +-63, not +-127: without VNNI (AVX2, AVX-512 before Cascade Lake) oneDNN sums pairs of
 # u8 x s8 products in saturating int16 (vpmaddubsw); |s8| <= 63 keeps a pair below 2**15
 INT8_MAX = 63
@@ -72,37 +74,35 @@ def screen_kind(device, d):
     return "bf16" if native_bf16(device) else None
 
 
-def screen(y, own, centres, need, step, kind):
-    """(rows, cols): each row of y whose largest cosine to a centre other than its
-    own (`own`: indices into centres) may exceed `need`, paired with every centre
-    within twice the screen's error of its screened largest (so with the true
-    nearest one). Rows of `step` at a time."""
-    if kind == "int8":  # one scale for all centres: the row's maximum stays an integer
+def product_error(dtype, d):
+    """|computed - exact| of a dot product of unit vectors of length d in dtype: at
+    most d unit roundings (each product, each add), with room."""
+    return 1.01 * d * torch.finfo(dtype).eps / 2 + FLOAT_SLACK
+
+
+def block_products(y, centres, kind, block_elements):
+    """(lo, sims, unit, err) for blocks of rows y[lo:lo + len(sims)]: their products
+    with every centre in the screen's format (kind "int8", "bf16", or None: y's own
+    float type), the cosine of one unit of sims per row (float64), and the bound
+    err on |unit * sims - cosine| per row (float64). Blocks of about
+    block_elements products."""
+    n, d = y.shape
+    if kind == "int8":  # one scale for all centres: a row's maximum stays an integer
         qc, t, f = int8_rows(centres, common=True)
         qc, t, worst = qc.T, float(t), float(f.max())
     else:
-        low = centres.to(torch.bfloat16).T
-    rows, cols = [], []
-    for lo in range(0, y.shape[0], step):
-        block, mine = y[lo:lo + step], own[lo:lo + step, None]
+        low = (centres.to(torch.bfloat16) if kind == "bf16" else centres).T
+        bound = BF16_ERROR if kind == "bf16" else product_error(y.dtype, d)
+    step = max(1, block_elements // max(1, centres.shape[0]))
+    for lo in range(0, n, step):
+        block = y[lo:lo + step]
         if kind == "int8":
             q, s, e = int8_rows(block)
-            sims = torch._int_mm(q, qc).scatter_(1, mine, torch.iinfo(torch.int32).min)
-            unit = s.double() * t  # the cosine of one integer step, per row
-            err = (e + (1 + e) * worst + INT8_SLACK).double()
+            yield (lo, torch._int_mm(q, qc), s.double() * t,
+                   (e + (1 + e) * worst + INT8_SLACK).double())
         else:
-            sims = torch.mm(block.to(torch.bfloat16), low).scatter_(1, mine, -math.inf)
-            unit = torch.ones(block.shape[0], dtype=torch.float64, device=y.device)
-            err = torch.full_like(unit, BF16_ERROR)
-        top = sims.amax(dim=1).double() * unit
-        hit = torch.nonzero(top > need[lo:lo + step] - err).reshape(-1)
-        floor = (top[hit] - 2 * err[hit]) / unit[hit]
-        i, c = torch.nonzero(sims.index_select(0, hit) >= floor[:, None], as_tuple=True)
-        rows.append(lo + hit[i])
-        cols.append(c)
-    if not rows:
-        return (torch.zeros(0, dtype=torch.int64, device=y.device),) * 2
-    return torch.cat(rows), torch.cat(cols)
+            ones = torch.ones(block.shape[0], dtype=torch.float64, device=y.device)
+            yield lo, torch.mm(block.to(low.dtype), low), ones, ones * bound
 
 
-__all__ = ["BF16_ERROR", "int8_rows", "screen_kind", "screen"]
+__all__ = ["BF16_ERROR", "int8_rows", "screen_kind", "product_error", "block_products"]
