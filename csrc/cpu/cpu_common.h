@@ -206,11 +206,15 @@ FACENMS_INLINE void hsum4(v16 a, v16 b, v16 c, v16 d, float* out) {
   out[0] = y[0] + y[1], out[1] = y[4] + y[5], out[2] = y[8] + y[9], out[3] = y[12] + y[13];
 }
 
-// Sum of acc[0..32) as a fixed tree.
-FACENMS_INLINE double tree_sum(double* acc) {
-  for (int w = 16; w > 0; w >>= 1)
-    for (int j = 0; j < w; ++j) acc[j] += acc[j + w];
-  return acc[0];
+// Sum of acc[0..32) as a fixed tree: (j, j+16), (j, j+8), (j, j+4), then (0, 2)
+// and (1, 3). Written out level by level so that it stays in registers (a loop
+// over the levels went through memory).
+FACENMS_INLINE double tree_sum(const double* acc) {
+  double h[16], q[8], o[4];
+  for (int j = 0; j < 16; ++j) h[j] = acc[j] + acc[j + 16];
+  for (int j = 0; j < 8; ++j) q[j] = h[j] + h[j + 8];
+  for (int j = 0; j < 4; ++j) o[j] = q[j] + q[j + 4];
+  return (o[0] + o[2]) + (o[1] + o[3]);
 }
 
 // <a, b> in float64 (a, b of any element type). 32 partial sums: the loop
