@@ -219,27 +219,29 @@ def label_issues(features, labels, *, threshold=None, min_faces=None, device=Non
         x = x.to(dev)
     n, dtype = x.shape[0], compute_dtype(x)
     uniq, order, offsets, sizes = group(labels, n, x.device)
-    order, centres, a_pos = ranked_centres(x, order, offsets, sizes, min_faces=min_faces,
-                                           dtype=dtype)
-    ident = segment_ids(sizes, total=n)
-    a = torch.empty(n, dtype=dtype, device=x.device)
-    a[order] = a_pos
-    own = torch.empty(n, dtype=torch.int64, device=x.device)
-    own[order] = ident
-    judged = sizes[own] >= min_faces
+    ranked, centres, a = ranked_centres(x, order, offsets, sizes, min_faces=min_faces,
+                                        dtype=dtype)
+    # per rank position (rows `ranked`), put back in row order only for the info
+    own = segment_ids(sizes, total=n)
+    judged = (sizes >= min_faces).index_select(0, own)
     mu, sigma = robust_scale(a[judged])
     timings = {"centres": time.perf_counter() - t0}
     t1 = time.perf_counter()
-    cand = torch.nonzero(candidates(a, judged, mu, sigma, threshold)).reshape(-1)
-    found = flag_candidates(unit(x[cand], dtype), cand, a[cand], own[cand], centres, mu=mu,
+    pos = torch.nonzero(candidates(a, judged, mu, sigma, threshold)).reshape(-1)
+    cand = ranked[pos]
+    found = flag_candidates(unit(x[cand], dtype), cand, a[pos], own[pos], centres, mu=mu,
                             sigma=sigma, threshold=threshold, search=search)
     timings["candidates"] = time.perf_counter() - t1
     out = to_family(found[0], features)
     timings["total"] = time.perf_counter() - t0
     if not return_info:
         return out
-    return out, make_info(a, judged, found, uniq, mu=mu, sigma=sigma, threshold=threshold, n=n,
-                          n_cand=int(cand.numel()), timings=timings)
+    a_rows = torch.empty_like(a)
+    a_rows[ranked] = a
+    judged_rows = torch.empty_like(judged)
+    judged_rows[ranked] = judged
+    return out, make_info(a_rows, judged_rows, found, uniq, mu=mu, sigma=sigma,
+                          threshold=threshold, n=n, n_cand=int(cand.numel()), timings=timings)
 
 
 def flag_candidates(y, rows, a, own, centres, *, mu, sigma, threshold, search="exact",
