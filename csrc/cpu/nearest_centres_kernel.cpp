@@ -19,10 +19,24 @@ namespace {
 
 constexpr int64_t kScan = 64;  // columns tested at once for one within the window
 
-template <typename S>
+// max of v[lo..hi) a register at a time (a float max does not vectorise by
+// itself: the compiler keeps the order of the comparisons; a max has none)
+template <typename I, typename S>
 FACENMS_INLINE S row_max(const S* v, int64_t lo, int64_t hi) {
+  constexpr int L = 4 * I::W / sizeof(S);  // lanes of one register
+  typedef S reg __attribute__((vector_size(L * sizeof(S))));
   S m = std::numeric_limits<S>::lowest();
-  for (int64_t k = lo; k < hi; ++k) m = std::max(m, v[k]);
+  int64_t k = lo;
+  if (hi - lo >= L) {
+    reg acc, x;
+    __builtin_memcpy(&acc, v + k, sizeof(reg));
+    for (k += L; k + L <= hi; k += L) {
+      __builtin_memcpy(&x, v + k, sizeof(reg));
+      acc = acc > x ? acc : x;
+    }
+    for (int j = 0; j < L; ++j) m = std::max(m, acc[j]);
+  }
+  for (; k < hi; ++k) m = std::max(m, v[k]);
   return m;
 }
 
@@ -35,7 +49,7 @@ FACENMS_INLINE void nearest_row_impl(const S* sims, int64_t n_centres, int64_t o
                                      const T* centres, int64_t d, double* b, int64_t* k) {
   *b = -std::numeric_limits<double>::infinity(), *k = 0;
   if (n_centres < 2) return;
-  const S raw = std::max(row_max(sims, 0, own), row_max(sims, own + 1, n_centres));
+  const S raw = std::max(row_max<I>(sims, 0, own), row_max<I>(sims, own + 1, n_centres));
   const double top = (double)raw * unit;
   if (!(top > need - err)) return;  // the exact b is at most top + err <= need
   // every centre whose exact cosine can reach the largest one's: >= top - 2 err
@@ -44,7 +58,7 @@ FACENMS_INLINE void nearest_row_impl(const S* sims, int64_t n_centres, int64_t o
   int64_t at = n_centres;
   for (int64_t k0 = 0; k0 < n_centres; k0 += kScan) {
     const int64_t k1 = std::min(k0 + kScan, n_centres);
-    if ((double)row_max(sims, k0, k1) < floor) continue;
+    if ((double)row_max<I>(sims, k0, k1) < floor) continue;
     for (int64_t c = k0; c < k1; ++c) {
       if (c == own || (double)sims[c] < floor) continue;
       const double v = dot_f64(y, centres + c * d, d);
