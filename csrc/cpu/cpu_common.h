@@ -226,7 +226,12 @@ FACENMS_INLINE double dot_f64(const T* a, const U* b, int64_t d) {
   int64_t k = 0;
   for (; k + 32 <= d; k += 32)
     for (int j = 0; j < 32; ++j) acc[j] += to_double(a[k + j]) * to_double(b[k + j]);
-  for (int j = 0; k < d; ++k, ++j) acc[j] += to_double(a[k]) * to_double(b[k]);
+  // the tail with compile-time lanes: acc stays in registers (a runtime index
+  // would put it in memory)
+  const int64_t rem = d - k;
+#pragma GCC unroll 32
+  for (int j = 0; j < 32; ++j)
+    if (j < rem) acc[j] += to_double(a[k + j]) * to_double(b[k + j]);
   return tree_sum(acc);
 }
 
