@@ -100,6 +100,26 @@ bool score_identity(const T* base, int64_t ld, const int64_t* rows, int64_t n, i
 // score (ascending with centrality), ties by the smaller row index index[i].
 inline void rank_positions(const double* scores, const int64_t* index, int64_t n,
                            bool centrality, int64_t* perm) {
+  // Rows in ascending order (as grouping leaves them) and not too many: one
+  // integer key per face, the score in units of 2**-20 (rounded_score: exact,
+  // 0..2**21) flipped for the descending order, then the position, so that
+  // the sort compares single integers.
+  constexpr int64_t kUnits = int64_t(1) << 21;
+  bool packed = n < (int64_t(1) << 32);
+  for (int64_t i = 1; i < n && packed; ++i) packed = index[i - 1] < index[i];
+  if (packed) {
+    uint64_t* key = reinterpret_cast<uint64_t*>(perm);
+    for (int64_t i = 0; i < n && packed; ++i) {
+      const int64_t q = (int64_t)std::llround(scores[i] * 1048576.0);
+      packed = q >= 0 && q <= kUnits;
+      key[i] = ((uint64_t)(centrality ? q : kUnits - q) << 32) | (uint64_t)i;
+    }
+    if (packed) {
+      std::sort(key, key + n);
+      for (int64_t i = 0; i < n; ++i) perm[i] = (int64_t)(key[i] & 0xffffffffu);
+      return;
+    }
+  }
   const double sign = centrality ? -1.0 : 1.0;
   std::iota(perm, perm + n, int64_t(0));
   std::sort(perm, perm + n, [&](int64_t u, int64_t v) {
