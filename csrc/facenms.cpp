@@ -106,6 +106,14 @@ STABLE_TORCH_LIBRARY(facenms, m) {
   // CPU only.
   m.def("nearest_centres(Tensor sims, Tensor bounds, Tensor own, Tensor y, Tensor centres)"
         " -> (Tensor, Tensor)");
+  // The int8 screen's rows: float32 rows v (n, d) scaled to +-63 and rounded
+  // (half to even), q int8 (n, d), with the scale per row (n,), or one for all
+  // rows (0-d) with `common`, and the norm of each row's rounding residual
+  // |v - scale q| (n,). CPU only.
+  m.def("int8_rows(Tensor v, bool common) -> (Tensor, Tensor, Tensor)");
+  // The lower median mu of a 1-D float tensor and the lower median of |v - mu|
+  // (computed in v's type), exactly, as float64 (2,); NaN for no values.
+  m.def("median_mad(Tensor v) -> Tensor");
   // The CUDA schedule and tile table, computed on the host with the code the
   // CUDA library runs (cuda/nms_plan_kernel.cpp; for tests): sched (C,) and tiles
   // (n_tiles, 4) = identity, kb, mb, mask offset. Not part of the API.

@@ -354,17 +354,28 @@ def test_int8_products_are_exact_without_vnni(isa):
 
 
 @pytest.mark.parametrize("common", [False, True])
-def test_int8_rows_in_blocks_equal_one_block(common):
-    from facenms.core.screen import int8_rows
-    v = torch.nn.functional.normalize(torch.randn(301, 40), dim=1)
+def test_int8_rows_follow_the_rule(common):
+    """The fused op against the rule in torch: scale = max |v| / 63 (1 for a zero
+    row), q = round half to even of v * (1 / scale), the residual's norm."""
+    from facenms.core.screen import INT8_MAX, int8_rows
+    g = torch.Generator().manual_seed(1)
+    v = torch.nn.functional.normalize(torch.randn(301, 40, generator=g), dim=1)
     v[7] = 0
-    whole = int8_rows(v, common)
-    for got, want in zip(int8_rows(v, common, block_elements=100), whole):
-        assert torch.equal(got, want)
+    v[8, :4] = torch.tensor([0.5, 1.5, 2.5, -2.5]) * v[8].abs().max() / INT8_MAX  # halves
+    q, scale, residual = int8_rows(v, common)
+    amax = v.abs().amax(dim=1, keepdim=True)
+    amax = amax.max() if common else amax
+    want = torch.where(amax > 0, amax / INT8_MAX, torch.ones_like(amax))
+    assert torch.equal(scale, want.reshape(()) if common else want.reshape(-1))
+    r = v * (1 / want)
+    assert torch.equal(q, torch.round(r).clamp(-INT8_MAX, INT8_MAX).to(torch.int8))
+    torch.testing.assert_close(residual, torch.linalg.vector_norm(r - q, dim=1)
+                               * want.reshape(-1), rtol=1e-6, atol=1e-9)
+    assert q.shape == v.shape and int8_rows(v[:0], common)[0].shape == (0, 40)
 
 
 def test_no_int8_screen_for_short_rows():
-    from facenms.core.screen import INT8_MIN_DIM, screen_kind
+    from facenms.core.hardware import INT8_MIN_DIM, screen_kind
     assert screen_kind(torch.device("cpu"), INT8_MIN_DIM - 1) != "int8"
 
 

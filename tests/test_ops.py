@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
 import facenms
 from facenms.core import ops
@@ -197,6 +198,30 @@ def test_nearest_centres_edge_cases_and_errors():
         ops.nearest_centres(args[0], free[:1], *args[2:])
 
 
+@given(st.lists(st.floats(-2, 2, width=32), min_size=1, max_size=300),
+       st.sampled_from([torch.float32, torch.float64]), st.integers(0, 3))
+@settings(max_examples=200, deadline=None)
+def test_median_mad_equals_kthvalue(values, dtype, repeat):
+    """The radix select against torch.kthvalue: the lower medians of v and |v - mu|,
+    with duplicates, zeros of both signs and negatives."""
+    v = torch.tensor(values * (repeat + 1) + [-0.0, 0.0][:repeat], dtype=dtype)
+    k = (v.shape[0] - 1) // 2 + 1
+    mu = torch.kthvalue(v, k).values
+    mad = torch.kthvalue((v - mu).abs(), k).values
+    got = ops.median_mad(v)
+    assert got.dtype == torch.float64 and got.tolist() == [float(mu), float(mad)]
+
+
+def test_median_mad_edge_cases():
+    assert torch.isnan(ops.median_mad(torch.zeros(0))).all()
+    assert ops.median_mad(torch.tensor([0.25])).tolist() == [0.25, 0.0]
+    assert ops.median_mad(torch.tensor([3.0, 1.0])).tolist() == [1.0, 0.0]  # the lower one
+    big = torch.tensor([1e300, -1e300, 5.0], dtype=torch.float64)
+    assert ops.median_mad(big).tolist() == [5.0, 1e300]
+    with pytest.raises(RuntimeError, match="1-D float32 or float64"):
+        ops.median_mad(torch.zeros(3, dtype=torch.float16))
+
+
 def test_min_keep_fills_best_ranked_first():
     x = torch.tensor([[1.0, 0.0]] * 5)
     bits, counts = ops.nms(x, torch.arange(5), torch.tensor([0, 5]),
@@ -237,6 +262,9 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.facenms.trimmed_centres.default, (x, order, offsets, 3))
     torch.library.opcheck(torch.ops.facenms.nearest_centres.default, _block("int8"))
     torch.library.opcheck(torch.ops.facenms.nearest_centres.default, _block("fp32"))
+    torch.library.opcheck(torch.ops.facenms.int8_rows.default, (torch.randn(30, 20), True))
+    torch.library.opcheck(torch.ops.facenms.int8_rows.default, (torch.randn(30, 20), False))
+    torch.library.opcheck(torch.ops.facenms.median_mad.default, (torch.randn(31),))
 
 
 def test_torch_compile_traces_select():

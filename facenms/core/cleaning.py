@@ -186,6 +186,9 @@ def robust_scale(a_judged):
     """(mu, sigma) as Python floats: median and 1.4826 * MAD; (nan, nan) for no faces."""
     if a_judged.shape[0] == 0:
         return math.nan, math.nan
+    if a_judged.device.type == "cpu":  # one exact radix select for both: no mispredictions
+        mu, mad = ops.median_mad(a_judged.contiguous()).tolist()
+        return mu, MAD_TO_SIGMA * mad
     mu = lower_median(a_judged)
     sigma = MAD_TO_SIGMA * float(lower_median((a_judged - mu).abs()))
     return float(mu), sigma
@@ -224,7 +227,7 @@ def label_issues(features, labels, *, threshold=None, min_faces=None, device=Non
     # per rank position (rows `ranked`), put back in row order only for the info
     own = segment_ids(sizes, total=n)
     judged = (sizes >= min_faces).index_select(0, own)
-    mu, sigma = robust_scale(a[judged])
+    mu, sigma = robust_scale(a if bool(judged.all()) else a[judged])
     timings = {"centres": time.perf_counter() - t0}
     t1 = time.perf_counter()
     pos = torch.nonzero(candidates(a, judged, mu, sigma, threshold)).reshape(-1)

@@ -18,8 +18,7 @@ import os
 
 import torch
 
-from .hardware import native_bf16
-from .screen import screen_kind
+from .hardware import native_bf16, screen_kind
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the facenms package
 # From the source tree, a plain install builds for the torch that is installed.

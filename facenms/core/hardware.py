@@ -30,3 +30,15 @@ def fast_int8(device) -> bool:
     """Whether `device` is an x86 CPU whose int8 matrix products beat float32
     (torch's own kernels at AVX2 or above: ATEN_CPU_CAPABILITY caps both)."""
     return device.type == "cpu" and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+
+
+# torch._int_mm on the CPU mis-sums rows of one element; short rows gain little
+INT8_MIN_DIM = 16
+
+
+def screen_kind(device, d):
+    """'int8', 'bf16' or None: the screen of label_issues' nearest-centre search
+    (facenms.core.screen) that pays on `device` for rows of d."""
+    if fast_int8(device) and d >= INT8_MIN_DIM:
+        return "int8"
+    return "bf16" if native_bf16(device) else None

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from . import ops
-from .screen import block_products, screen_kind
+from .hardware import screen_kind
+from .screen import block_products
 
 # elements per block (rows x centres for the search, pairs x d for the exact
 # products): 8 MB of float32 stays in a shared L3

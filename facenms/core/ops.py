@@ -20,6 +20,7 @@ def load():
     extension.load()
     if not _fakes:
         _register_fakes()
+        _register_search_fakes()
         _fakes.append(True)
 
 
@@ -89,6 +90,20 @@ def nearest_centres(sims: torch.Tensor, bounds: torch.Tensor, own: torch.Tensor,
     return torch.ops.facenms.nearest_centres(sims, bounds, own, y, centres)
 
 
+def int8_rows(v: torch.Tensor, common: bool = False
+              ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """float32 rows scaled to +-63 and rounded: (q int8, scale per row or 0-d with
+    ``common``, norms of the rounding residuals). CPU only."""
+    load()
+    return torch.ops.facenms.int8_rows(v, bool(common))
+
+
+def median_mad(v: torch.Tensor) -> torch.Tensor:
+    """float64 (2,): the lower median mu of ``v`` and the lower median of |v - mu|."""
+    load()
+    return torch.ops.facenms.median_mad(v)
+
+
 def _register_fakes():
     """Output shapes without running anything (called once _C has defined the ops)."""
     def check_csr(x, order, offsets):  # what the kernels' TORCH_CHECKs ask of every op
@@ -139,8 +154,21 @@ def _register_fakes():
                                                      dtype=dtype),
                 x.new_empty(order.shape, dtype=dtype), order.new_empty(()))
 
+
+def _register_search_fakes():
+    """Output shapes of the ops of label_issues' search and scale."""
     @torch.library.register_fake("facenms::nearest_centres")
     def _nearest_centres_fake(sims, bounds, own, y, centres):
         torch._check(sims.dim() == 2 and y.shape[0] == sims.shape[0],
                      lambda: "nearest_centres: sims and y must have one row per candidate")
         return bounds.new_empty(own.shape), own.new_empty(own.shape)
+
+    @torch.library.register_fake("facenms::int8_rows")
+    def _int8_rows_fake(v, common):
+        n = v.shape[0]
+        return (v.new_empty(v.shape, dtype=torch.int8), v.new_empty(() if common else (n,)),
+                v.new_empty((n,)))
+
+    @torch.library.register_fake("facenms::median_mad")
+    def _median_mad_fake(v):
+        return v.new_empty((2,), dtype=torch.float64)

@@ -26,7 +26,7 @@ the bound product_error.
 """
 import torch
 
-from .hardware import fast_int8, native_bf16
+from . import ops
 
 # |bfloat16 - float32 cosine| of unit vectors: 2 roundings of 2**-8 relative per product,
 # summed over products whose magnitudes sum to <= 1, the result rounded (2**-9), float32
@@ -38,40 +38,16 @@ INT8_SLACK = 2.0 ** -16
 FLOAT_SLACK = 2.0 ** -16
 # +-63, not +-127: without VNNI (AVX2, AVX-512 before Cascade Lake) oneDNN sums pairs of
 # u8 x s8 products in saturating int16 (vpmaddubsw); |s8| <= 63 keeps a pair below 2**15
-INT8_MAX = 63
-INT8_MIN_DIM = 16  # torch._int_mm on the CPU mis-sums rows of one element; short rows gain little
+INT8_MAX = 63  # also kInt8Max in csrc/cpu/int8_rows_kernel.cpp
 
 
-def int8_rows(v, common=False, block_elements=1 << 21):
-    """(q int8, scale, residual norms (n,)) with v ~ scale * q: a scale per row
-    (n,), or with `common` one for all rows (0-d). Rows are taken a block of
-    about block_elements values at a time: the float temporaries stay small
-    next to the int8 result (a million centres are not copied in float32)."""
-    step = max(1, block_elements // max(1, v.shape[1]))
-    amax = v.new_zeros(v.shape[0])
-    for lo in range(0, v.shape[0], step):  # abs().amax: 10x faster than vector_norm(ord=inf)
-        amax[lo:lo + step] = v[lo:lo + step].abs().amax(dim=1)
-    if common:
-        amax = amax.max() if amax.numel() else amax.new_zeros(())
-    scale = amax / INT8_MAX
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    q = torch.empty(v.shape, dtype=torch.int8, device=v.device)
-    residual = torch.empty(v.shape[0], dtype=v.dtype, device=v.device)
-    for lo in range(0, v.shape[0], step):
-        per = scale if common else scale[lo:lo + step, None]
-        r = v[lo:lo + step] * (1 / per)
-        rq = torch.round(r).clamp_(-INT8_MAX, INT8_MAX)
-        q[lo:lo + step] = rq
-        # |v - scale q| = scale |r - q|, up to float32 rounding (in INT8_SLACK)
-        residual[lo:lo + step] = torch.linalg.vector_norm(r.sub_(rq), dim=1) * per.reshape(-1)
-    return q, scale, residual
-
-
-def screen_kind(device, d):
-    """'int8', 'bf16' or None: the screen that pays on `device` for rows of d."""
-    if fast_int8(device) and d >= INT8_MIN_DIM:
-        return "int8"
-    return "bf16" if native_bf16(device) else None
+def int8_rows(v, common=False):
+    """(q int8, scale, residual norms (n,)) with v ~ scale * q for float32 rows v on
+    the CPU: each row scaled to +-INT8_MAX and rounded half to even, with a
+    scale per row (n,), or with `common` one for all rows (0-d); the residual
+    norms |v - scale q| are float32 (their rounding is in INT8_SLACK). One
+    fused op, facenms::int8_rows."""
+    return ops.int8_rows(v.contiguous(), common)
 
 
 def product_error(dtype, d):
@@ -105,4 +81,4 @@ def block_products(y, centres, kind, block_elements):
             yield lo, torch.mm(block.to(low.dtype), low), ones, ones * bound
 
 
-__all__ = ["BF16_ERROR", "int8_rows", "screen_kind", "product_error", "block_products"]
+__all__ = ["BF16_ERROR", "int8_rows", "product_error", "block_products"]

@@ -1,0 +1,97 @@
+// facenms::median_mad on the CPU: the lower median mu of v and the lower
+// median of |v - mu| (in v's type), as label_issues' scale takes them. Exact:
+// a radix select on the order-preserving integer keys of the values, a byte
+// at a time, keeping only the values that share the chosen digits; no
+// comparisons to mispredict, unlike a quickselect.
+#include <torch/csrc/stable/library.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "checks.h"
+#include "cpu/cpu_common.h"
+
+namespace facenms {
+namespace {
+
+template <typename F>
+using KeyOf = std::conditional_t<sizeof(F) == 4, uint32_t, uint64_t>;
+
+// Unsigned keys that sort as the values do (negatives: all bits flipped;
+// others: the sign bit set). -0.0 sorts before 0.0; both are zero as values.
+template <typename F>
+KeyOf<F> key_of(F f) {
+  using U = KeyOf<F>;
+  constexpr U sign = U(1) << (8 * sizeof(U) - 1);
+  U u;
+  std::memcpy(&u, &f, sizeof(u));
+  return (u & sign) ? ~u : (u | sign);
+}
+
+template <typename F>
+F value_of(KeyOf<F> k) {
+  using U = KeyOf<F>;
+  constexpr U sign = U(1) << (8 * sizeof(U) - 1);
+  const U u = (k & sign) ? (k & ~sign) : ~k;
+  F f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
+// The k-th smallest (0-based) of keys[0..n); keys are overwritten.
+template <typename U>
+U kth_key(U* keys, int64_t n, int64_t k) {
+  U prefix = 0;
+  for (int shift = 8 * (int)sizeof(U) - 8; shift >= 0; shift -= 8) {
+    int64_t hist[256] = {};
+    for (int64_t i = 0; i < n; ++i) ++hist[(keys[i] >> shift) & 0xff];
+    int digit = 0;
+    while (k >= hist[digit]) k -= hist[digit++];
+    prefix |= U(digit) << shift;
+    int64_t m = 0;  // keep the keys with this digit (all earlier digits already match)
+    for (int64_t i = 0; i < n; ++i)
+      if ((int)((keys[i] >> shift) & 0xff) == digit) keys[m++] = keys[i];
+    n = m;
+  }
+  return prefix;
+}
+
+template <typename F>
+void median_mad_impl(const F* v, int64_t n, double* out) {
+  using U = KeyOf<F>;
+  if (n == 0) {
+    out[0] = out[1] = std::numeric_limits<double>::quiet_NaN();
+    return;
+  }
+  const int64_t k = (n - 1) / 2;
+  std::vector<U> keys(n);
+  for (int64_t i = 0; i < n; ++i) keys[i] = key_of(v[i]);
+  const F mu = value_of<F>(kth_key(keys.data(), n, k));
+  for (int64_t i = 0; i < n; ++i) keys[i] = key_of(std::fabs(F(v[i] - mu)));
+  out[0] = (double)mu;
+  out[1] = (double)value_of<F>(kth_key(keys.data(), n, k));
+}
+
+Tensor median_mad_cpu(const Tensor& v) {
+  FACENMS_CHECK(v.dim() == 1 && v.is_contiguous() &&
+                    (v.scalar_type() == ScalarType::Float ||
+                     v.scalar_type() == ScalarType::Double),
+                "median_mad: expected a contiguous 1-D float32 or float64 tensor, got ",
+                v.scalar_type(), " of shape ", shape_str(v));
+  auto out = torch::stable::new_empty(v, {2}, ScalarType::Double);
+  double* o = out.mutable_data_ptr<double>();
+  if (v.scalar_type() == ScalarType::Float)
+    median_mad_impl(v.const_data_ptr<float>(), v.numel(), o);
+  else
+    median_mad_impl(v.const_data_ptr<double>(), v.numel(), o);
+  return out;
+}
+
+}  // namespace
+
+STABLE_TORCH_LIBRARY_IMPL(facenms, CPU, m) { m.impl("median_mad", TORCH_BOX(&median_mad_cpu)); }
+
+}  // namespace facenms
