@@ -41,18 +41,31 @@ F value_of(KeyOf<F> k) {
   return f;
 }
 
-// The k-th smallest (0-based) of keys[0..n); keys are overwritten.
+// The k-th smallest (0-based) of keys[0..n); keys are overwritten. Bytes all
+// keys share are skipped (cosines share their top bits); four histograms in
+// turn keep equal digits from chaining their increments.
 template <typename U>
 U kth_key(U* keys, int64_t n, int64_t k) {
-  U prefix = 0;
+  U all = ~U(0), any = 0;
+  for (int64_t i = 0; i < n; ++i) all &= keys[i], any |= keys[i];
+  const U differ = all ^ any;  // bits where some keys differ
+  U prefix = all & ~differ;
   for (int shift = 8 * (int)sizeof(U) - 8; shift >= 0; shift -= 8) {
-    int64_t hist[256] = {};
-    for (int64_t i = 0; i < n; ++i) ++hist[(keys[i] >> shift) & 0xff];
+    if (((differ >> shift) & 0xff) == 0) continue;
+    int64_t hist[4][256] = {};
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4)
+      for (int j = 0; j < 4; ++j) ++hist[j][(keys[i + j] >> shift) & 0xff];
+    for (; i < n; ++i) ++hist[0][(keys[i] >> shift) & 0xff];
     int digit = 0;
-    while (k >= hist[digit]) k -= hist[digit++];
-    prefix |= U(digit) << shift;
+    for (;; ++digit) {
+      const int64_t count = hist[0][digit] + hist[1][digit] + hist[2][digit] + hist[3][digit];
+      if (k < count) break;
+      k -= count;
+    }
+    prefix = (prefix & ~(U(0xff) << shift)) | (U(digit) << shift);
     int64_t m = 0;  // keep the keys with this digit (all earlier digits already match)
-    for (int64_t i = 0; i < n; ++i)
+    for (i = 0; i < n; ++i)
       if ((int)((keys[i] >> shift) & 0xff) == digit) keys[m++] = keys[i];
     n = m;
   }
