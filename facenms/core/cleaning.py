@@ -231,9 +231,10 @@ def label_issues(features, labels, *, threshold=None, min_faces=None, device=Non
     timings = {"centres": time.perf_counter() - t0}
     t1 = time.perf_counter()
     pos = torch.nonzero(candidates(a, judged, mu, sigma, threshold)).reshape(-1)
-    cand = ranked[pos]
-    found = flag_candidates(unit(x[cand], dtype), cand, a[pos], own[pos], centres, mu=mu,
-                            sigma=sigma, threshold=threshold, search=search)
+    cand = ranked.index_select(0, pos)  # index_select: several times faster than x[cand]
+    found = flag_candidates(unit(x.index_select(0, cand), dtype), cand, a.index_select(0, pos),
+                            own.index_select(0, pos), centres, mu=mu, sigma=sigma,
+                            threshold=threshold, search=search)
     timings["candidates"] = time.perf_counter() - t1
     out = to_family(found[0], features)
     timings["total"] = time.perf_counter() - t0
@@ -259,10 +260,10 @@ def flag_candidates(y, rows, a, own, centres, *, mu, sigma, threshold, search="e
     if b is None:
         b, k = a, own
     s = issue_scores(a.double(), b.double(), mu, sigma)  # b is float64: so is the test
-    hit = s > threshold
-    rows, s, b, a, k = rows[hit], s[hit].to(a.dtype), b[hit].to(a.dtype), a[hit], k[hit]
-    srt = torch.argsort(rows)
-    return rows[srt], s[srt], b[srt], a[srt], k[srt]
+    hit = torch.nonzero(s > threshold).reshape(-1)
+    hit = hit.index_select(0, torch.argsort(rows.index_select(0, hit)))  # ascending rows
+    return (rows.index_select(0, hit), s.index_select(0, hit).to(a.dtype),
+            b.index_select(0, hit).to(a.dtype), a.index_select(0, hit), k.index_select(0, hit))
 
 
 def make_info(a, judged, found, uniq, *, mu, sigma, threshold, n, n_cand, timings):
