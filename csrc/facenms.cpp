@@ -111,9 +111,10 @@ STABLE_TORCH_LIBRARY(facenms, m) {
   // rows (0-d) with `common`, and the norm of each row's rounding residual
   // |v - scale q| (n,). CPU only.
   m.def("int8_rows(Tensor v, bool common) -> (Tensor, Tensor, Tensor)");
-  // The lower median mu of a 1-D float tensor and the lower median of |v - mu|
-  // (computed in v's type), exactly, as float64 (2,); NaN for no values.
-  m.def("median_mad(Tensor v) -> Tensor");
+  // The lower median mu of the values v[mask] of a 1-D float tensor and the
+  // lower median of |v - mu| over them (computed in v's type), exactly, as
+  // float64 (2,); NaN for no values.
+  m.def("median_mad(Tensor v, Tensor mask) -> Tensor");
   // The CUDA schedule and tile table, computed on the host with the code the
   // CUDA library runs (cuda/nms_plan_kernel.cpp; for tests): sched (C,) and tiles
   // (n_tiles, 4) = identity, kb, mb, mask offset. Not part of the API.

@@ -1,4 +1,5 @@
 """The torch ops themselves: schemas, fake kernels, lanes, argument checks."""
+import math
 import os
 
 import numpy as np
@@ -199,27 +200,36 @@ def test_nearest_centres_edge_cases_and_errors():
 
 
 @given(st.lists(st.floats(-2, 2, width=32), min_size=1, max_size=300),
-       st.sampled_from([torch.float32, torch.float64]), st.integers(0, 3))
+       st.sampled_from([torch.float32, torch.float64]), st.integers(0, 3), st.integers(0, 2))
 @settings(max_examples=200, deadline=None)
-def test_median_mad_equals_kthvalue(values, dtype, repeat):
-    """The radix select against torch.kthvalue: the lower medians of v and |v - mu|,
-    with duplicates, zeros of both signs and negatives."""
+def test_median_mad_equals_kthvalue(values, dtype, repeat, masked):
+    """The radix select against torch.kthvalue: the lower medians of v[mask] and
+    |v - mu| over them, with duplicates, zeros of both signs and negatives."""
     v = torch.tensor(values * (repeat + 1) + [-0.0, 0.0][:repeat], dtype=dtype)
-    k = (v.shape[0] - 1) // 2 + 1
-    mu = torch.kthvalue(v, k).values
-    mad = torch.kthvalue((v - mu).abs(), k).values
-    got = ops.median_mad(v)
+    mask = torch.arange(len(v)) % 3 >= masked  # all, 2 of 3, 1 of 3
+    mask[-1] = True
+    w = v[mask]
+    k = (w.shape[0] - 1) // 2 + 1
+    mu = torch.kthvalue(w, k).values
+    mad = torch.kthvalue((w - mu).abs(), k).values
+    got = ops.median_mad(v, mask)
     assert got.dtype == torch.float64 and got.tolist() == [float(mu), float(mad)]
 
 
 def test_median_mad_edge_cases():
-    assert torch.isnan(ops.median_mad(torch.zeros(0))).all()
-    assert ops.median_mad(torch.tensor([0.25])).tolist() == [0.25, 0.0]
-    assert ops.median_mad(torch.tensor([3.0, 1.0])).tolist() == [1.0, 0.0]  # the lower one
-    big = torch.tensor([1e300, -1e300, 5.0], dtype=torch.float64)
-    assert ops.median_mad(big).tolist() == [5.0, 1e300]
+    def mm(v, mask=None):
+        v = torch.as_tensor(v)
+        return ops.median_mad(v, torch.ones(len(v), dtype=torch.bool) if mask is None
+                              else torch.tensor(mask)).tolist()
+    assert all(math.isnan(m) for m in mm(torch.zeros(0)))
+    assert all(math.isnan(m) for m in mm([1.0, 2.0], [False, False]))
+    assert mm([0.25]) == [0.25, 0.0]
+    assert mm([3.0, 1.0]) == [1.0, 0.0]  # the lower one
+    assert mm(torch.tensor([1e300, -1e300, 5.0], dtype=torch.float64)) == [5.0, 1e300]
     with pytest.raises(RuntimeError, match="1-D float32 or float64"):
-        ops.median_mad(torch.zeros(3, dtype=torch.float16))
+        ops.median_mad(torch.zeros(3, dtype=torch.float16), torch.ones(3, dtype=torch.bool))
+    with pytest.raises(RuntimeError, match="bool mask"):
+        ops.median_mad(torch.zeros(3), torch.ones(2, dtype=torch.bool))
 
 
 def test_min_keep_fills_best_ranked_first():
@@ -264,7 +274,8 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.facenms.nearest_centres.default, _block("fp32"))
     torch.library.opcheck(torch.ops.facenms.int8_rows.default, (torch.randn(30, 20), True))
     torch.library.opcheck(torch.ops.facenms.int8_rows.default, (torch.randn(30, 20), False))
-    torch.library.opcheck(torch.ops.facenms.median_mad.default, (torch.randn(31),))
+    torch.library.opcheck(torch.ops.facenms.median_mad.default,
+                          (torch.randn(31), torch.rand(31) > 0.3))
 
 
 def test_torch_compile_traces_select():

@@ -1,5 +1,6 @@
-// facenms::median_mad on the CPU: the lower median mu of v and the lower
-// median of |v - mu| (in v's type), as label_issues' scale takes them. Exact:
+// facenms::median_mad on the CPU: the lower median mu of the values v[mask]
+// and the lower median of |v - mu| over them (in v's type), as label_issues'
+// scale takes them. Exact:
 // a radix select on the order-preserving integer keys of the values, a byte
 // at a time, keeping only the values that share the chosen digits; no
 // comparisons to mispredict, unlike a quickselect.
@@ -73,33 +74,42 @@ U kth_key(U* keys, int64_t n, int64_t k) {
 }
 
 template <typename F>
-void median_mad_impl(const F* v, int64_t n, double* out) {
+void median_mad_impl(const F* v, const bool* mask, int64_t n, double* out) {
   using U = KeyOf<F>;
-  if (n == 0) {
+  std::vector<U> keys;
+  keys.reserve(n);
+  for (int64_t i = 0; i < n; ++i)
+    if (mask[i]) keys.push_back(key_of(v[i]));
+  const int64_t m = (int64_t)keys.size(), k = (m - 1) / 2;
+  if (m == 0) {
     out[0] = out[1] = std::numeric_limits<double>::quiet_NaN();
     return;
   }
-  const int64_t k = (n - 1) / 2;
-  std::vector<U> keys(n);
-  for (int64_t i = 0; i < n; ++i) keys[i] = key_of(v[i]);
-  const F mu = value_of<F>(kth_key(keys.data(), n, k));
-  for (int64_t i = 0; i < n; ++i) keys[i] = key_of(std::fabs(F(v[i] - mu)));
+  const F mu = value_of<F>(kth_key(keys.data(), m, k));
+  keys.clear();
+  for (int64_t i = 0; i < n; ++i)
+    if (mask[i]) keys.push_back(key_of(std::fabs(F(v[i] - mu))));
   out[0] = (double)mu;
-  out[1] = (double)value_of<F>(kth_key(keys.data(), n, k));
+  out[1] = (double)value_of<F>(kth_key(keys.data(), m, k));
 }
 
-Tensor median_mad_cpu(const Tensor& v) {
+Tensor median_mad_cpu(const Tensor& v, const Tensor& mask) {
   FACENMS_CHECK(v.dim() == 1 && v.is_contiguous() &&
                     (v.scalar_type() == ScalarType::Float ||
                      v.scalar_type() == ScalarType::Double),
                 "median_mad: expected a contiguous 1-D float32 or float64 tensor, got ",
                 v.scalar_type(), " of shape ", shape_str(v));
+  FACENMS_CHECK(mask.dim() == 1 && mask.numel() == v.numel() && mask.is_contiguous() &&
+                    mask.scalar_type() == ScalarType::Bool,
+                "median_mad: expected a contiguous bool mask of shape (", v.numel(),
+                ",), got ", mask.scalar_type(), " of shape ", shape_str(mask));
   auto out = torch::stable::new_empty(v, {2}, ScalarType::Double);
   double* o = out.mutable_data_ptr<double>();
+  const bool* keep = mask.const_data_ptr<bool>();
   if (v.scalar_type() == ScalarType::Float)
-    median_mad_impl(v.const_data_ptr<float>(), v.numel(), o);
+    median_mad_impl(v.const_data_ptr<float>(), keep, v.numel(), o);
   else
-    median_mad_impl(v.const_data_ptr<double>(), v.numel(), o);
+    median_mad_impl(v.const_data_ptr<double>(), keep, v.numel(), o);
   return out;
 }
 

@@ -56,7 +56,7 @@ from . import ops, ranking
 from .csr import arange_within, group, segment_ids
 from .inputs import (as_tensor, check_count, check_device, check_features, number,
                      raise_bad_row, to_family)
-from .nearest import nearest_other, nearest_other_faiss
+from .nearest import NEAR_NEED, nearest_other, nearest_other_faiss
 
 DEFAULT_THRESHOLD = 8.0
 DEFAULT_MIN_FACES = 3
@@ -182,25 +182,28 @@ def lower_median(v):
     return torch.kthvalue(v, (v.shape[0] - 1) // 2 + 1).values
 
 
-def robust_scale(a_judged):
-    """(mu, sigma) as Python floats: median and 1.4826 * MAD; (nan, nan) for no faces."""
+def robust_scale(a, judged):
+    """(mu, sigma) of a[judged] as Python floats: median and 1.4826 * MAD; (nan, nan)
+    for no faces."""
+    if a.device.type == "cpu":  # one exact radix select for both: no mispredictions
+        mu, mad = ops.median_mad(a.contiguous(), judged.contiguous()).tolist()
+        return mu, MAD_TO_SIGMA * mad
+    a_judged = a[judged]
     if a_judged.shape[0] == 0:
         return math.nan, math.nan
-    if a_judged.device.type == "cpu":  # one exact radix select for both: no mispredictions
-        mu, mad = ops.median_mad(a_judged.contiguous()).tolist()
-        return mu, MAD_TO_SIGMA * mad
     mu = lower_median(a_judged)
     sigma = MAD_TO_SIGMA * float(lower_median((a_judged - mu).abs()))
     return float(mu), sigma
 
 
 def candidates(a, judged, mu, sigma, threshold):
-    """Faces whose score could exceed the threshold even if b_i were 1."""
+    """Faces whose score could exceed the threshold even if b_i were 1:
+    (mu - a) + (1 - a) > threshold * sigma, as one comparison of a with a cut,
+    which NEAR_NEED widens so that float rounding cannot leave a face out."""
     if not math.isfinite(mu):
         return torch.zeros_like(judged)
-    if sigma <= 0:  # every judged face at the same cosine: only a face off it can stand out
-        return judged & ((mu - a) + (1 - a) > 0)
-    return judged & (((mu - a) + (1 - a)) / sigma > threshold)
+    cut = (mu + 1 - threshold * max(sigma, 0.0)) / 2 + NEAR_NEED
+    return judged & (a < cut)
 
 
 def issue_scores(a, b, mu, sigma):
@@ -227,7 +230,7 @@ def label_issues(features, labels, *, threshold=None, min_faces=None, device=Non
     # per rank position (rows `ranked`), put back in row order only for the info
     own = segment_ids(sizes, total=n)
     judged = (sizes >= min_faces).index_select(0, own)
-    mu, sigma = robust_scale(a if bool(judged.all()) else a[judged])
+    mu, sigma = robust_scale(a, judged)
     timings = {"centres": time.perf_counter() - t0}
     t1 = time.perf_counter()
     pos = torch.nonzero(candidates(a, judged, mu, sigma, threshold)).reshape(-1)

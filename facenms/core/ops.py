@@ -98,10 +98,11 @@ def int8_rows(v: torch.Tensor, common: bool = False
     return torch.ops.facenms.int8_rows(v, bool(common))
 
 
-def median_mad(v: torch.Tensor) -> torch.Tensor:
-    """float64 (2,): the lower median mu of ``v`` and the lower median of |v - mu|."""
+def median_mad(v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """float64 (2,): the lower median mu of ``v[mask]`` and the lower median of
+    |v - mu| over them. CPU only."""
     load()
-    return torch.ops.facenms.median_mad(v)
+    return torch.ops.facenms.median_mad(v, mask)
 
 
 def _register_fakes():
@@ -170,5 +171,5 @@ def _register_search_fakes():
                 v.new_empty((n,)))
 
     @torch.library.register_fake("facenms::median_mad")
-    def _median_mad_fake(v):
+    def _median_mad_fake(v, mask):
         return v.new_empty((2,), dtype=torch.float64)

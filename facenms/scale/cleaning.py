@@ -88,7 +88,7 @@ def label_issues(features, labels, *, threshold=None, min_faces=None, device=Non
     own = torch.empty(n, dtype=torch.int64)
     own[order] = segment_ids(sizes, total=n)
     judged = sizes[own] >= min_faces
-    mu, sigma = robust_scale(a[judged])
+    mu, sigma = robust_scale(a, judged)
     timings = {"centres": time.perf_counter() - t0}
 
     t1 = time.perf_counter()
