@@ -135,4 +135,5 @@ def nearest_other_faiss(y, own, centres, index=None):
     return torch.where(lost, torch.full_like(b, -math.inf), b), k
 
 
-__all__ = ["nearest_other", "nearest_in_block", "nearest_in_block_torch", "nearest_other_faiss", "faiss_index"]
+__all__ = ["nearest_other", "nearest_in_block", "nearest_in_block_torch", "nearest_other_faiss",
+           "faiss_index"]
