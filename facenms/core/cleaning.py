@@ -36,7 +36,8 @@ threshold * sigma`` (as ``b_i <= 1``); only those candidates (a few percent)
 are compared with every centre (facenms.core.nearest), in blocks of faces
 against all centres, never a dense N x K matrix; large searches are screened
 in int8 (x86 CPUs) or bfloat16 (where native) with a proven error bound, and
-b is taken in float64 from the centres the screen leaves. That search costs
+b is taken in float64 from the centres the screen leaves (one fused op per
+block of products on the CPU). That search costs
 candidates x K x d multiply-adds, which grows with the number of identities:
 at millions of identities it, not the read, dominates; ``search="faiss"``
 asks a faiss index of the centres instead (approximate from 100k identities
