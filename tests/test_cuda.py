@@ -299,3 +299,42 @@ def test_curve_on_cuda_matches_cpu():
     ts2, gr = facenms.curve(xt.cuda(), lt.cuda())
     np.testing.assert_array_equal(ts, ts2)
     assert np.max(np.abs(cr - gr)) <= 1e-3
+
+
+def _noisy_world(n=4000, d=64, wrong=0.03, seed=3):
+    """WebFace-like faces with a share of them filed under a random other label."""
+    from facenms.eval.embeddings import webface_like
+    x, labels = webface_like(n, dim=d, seed=seed)
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(n, int(wrong * n), replace=False)
+    labels = labels.copy()
+    labels[pick] = (labels[pick] + rng.integers(1, labels.max() + 1, len(pick))) % (
+        labels.max() + 1)
+    return x, labels
+
+
+def check_same_issues(got, info, want, winfo, tol=1e-3):
+    """Two label_issues answers agree but for faces whose score lies within tol of the
+    threshold; the faces both flag have the same nearest identity."""
+    for mine, other, mi in ((want, got, winfo), (got, want, info)):
+        alone = np.setdiff1d(mine, other)
+        s = mi.issue_score[np.searchsorted(mine, alone)]
+        assert np.all(np.abs(s - mi.threshold) < tol), (alone[:5], s[:5])
+    both, i, j = np.intersect1d(want, got, return_indices=True)
+    assert len(both) > 0.9 * len(want)
+    np.testing.assert_array_equal(info.other_label[j], winfo.other_label[i])
+    np.testing.assert_allclose(info.other_similarity[j], winfo.other_similarity[i], atol=1e-4)
+
+
+@gpu
+@pytest.mark.parametrize("work", [0, 1 << 62])  # the bf16 screen on every search, or none
+def test_label_issues_on_cuda_matches_cpu(monkeypatch, work):
+    from facenms.core import nearest
+    x, labels = _noisy_world()
+    want, winfo = facenms.label_issues(x, labels, return_info=True)
+    assert len(want) > 30
+    monkeypatch.setattr(nearest, "SCREEN_WORK", work)
+    got, info = facenms.label_issues(torch.from_numpy(x).cuda(), torch.from_numpy(labels).cuda(),
+                                     return_info=True)
+    assert got.is_cuda and got.dtype == torch.int64
+    check_same_issues(got.cpu().numpy(), info, want, winfo)
